@@ -1,0 +1,107 @@
+"""Keras building blocks shared by the agents (tf_keras layers)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+serializable = tf.keras.utils.register_keras_serializable(package="tfmarl")
+
+# Large negative instead of -inf: keeps softmax over fully masked rows finite (uniform), not NaN.
+NEG_INF = -1e9
+
+
+def embedding_initializer():
+    """A fresh initializer per weight: a reused unseeded instance repeats its values."""
+    return tf.keras.initializers.TruncatedNormal(stddev=0.02)
+
+
+@serializable
+class CausalSelfAttention(tf.keras.layers.Layer):
+    """Multi-head self-attention where position j sees positions <= j that are not padding.
+
+    One fused QKV projection keeps the op count (and CPU time per step) low.
+    """
+
+    def __init__(self, num_heads: int = 2, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.dropout = float(dropout)
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        if dim % self.num_heads:
+            raise ValueError(f"model dim {dim} is not divisible by num_heads={self.num_heads}")
+        self.qkv = tf.keras.layers.Dense(3 * dim, name="qkv")
+        self.out = tf.keras.layers.Dense(dim, name="out")
+        self.qkv.build(input_shape)
+        self.out.build(input_shape)
+        self.attention_dropout = tf.keras.layers.Dropout(self.dropout)
+        super().build(input_shape)
+
+    def call(self, x, attention_bias, training=None):
+        # x: [B, L, D]; attention_bias: [B, 1, L, L] additive (0 or NEG_INF).
+        B, L = tf.shape(x)[0], tf.shape(x)[1]
+        D = x.shape[-1]
+        H = self.num_heads
+        qkv = tf.reshape(self.qkv(x), [B, L, 3, H, D // H])
+        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, L, Dh]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = tf.matmul(q, k, transpose_b=True) * (float(D // H) ** -0.5) + attention_bias
+        weights = self.attention_dropout(tf.nn.softmax(scores, axis=-1), training=training)
+        context = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])  # [B, L, H, Dh]
+        return self.out(tf.reshape(context, [B, L, D]))
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}
+
+
+@serializable
+class TransformerBlock(tf.keras.layers.Layer):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, num_heads: int = 2, ffn_multiplier: int = 4, dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.ffn_multiplier = int(ffn_multiplier)
+        self.dropout = float(dropout)
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.attention_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
+        self.attention = CausalSelfAttention(self.num_heads, self.dropout, name="attention")
+        self.ffn_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="ffn_norm")
+        self.ffn_in = tf.keras.layers.Dense(self.ffn_multiplier * dim, activation="gelu", name="ffn_in")
+        self.ffn_out = tf.keras.layers.Dense(dim, name="ffn_out")
+        self.drop = tf.keras.layers.Dropout(self.dropout)
+        for layer in (self.attention_norm, self.attention, self.ffn_norm, self.ffn_in):
+            layer.build(input_shape)
+        self.ffn_out.build(tf.TensorShape(input_shape)[:-1].concatenate([self.ffn_multiplier * dim]))
+        super().build(input_shape)
+
+    def call(self, x, attention_bias, training=None):
+        x = x + self.drop(self.attention(self.attention_norm(x), attention_bias, training=training),
+                          training=training)
+        return x + self.drop(self.ffn_out(self.ffn_in(self.ffn_norm(x))), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads,
+                "ffn_multiplier": self.ffn_multiplier, "dropout": self.dropout}
+
+
+def causal_attention_bias(mask):
+    """[B, L] bool validity mask -> [B, 1, L, L] additive bias: causal and no attention to padding."""
+    L = tf.shape(mask)[1]
+    causal = tf.linalg.band_part(tf.ones([L, L], tf.bool), -1, 0)
+    allowed = tf.logical_and(causal[None, :, :], mask[:, None, :])
+    return tf.where(allowed, 0.0, NEG_INF)[:, None, :, :]
+
+
+def last_valid(sequence, mask):
+    """Gathers, per row, the vector at the last True position of ``mask``.
+
+    Returns (vectors [B, D], has_any [B] bool); rows without a True position give row 0's vector
+    at position 0, so callers must substitute where ``has_any`` is False.
+    """
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    index = tf.maximum(lengths - 1, 0)
+    return tf.gather(sequence, index, batch_dims=1), lengths > 0

@@ -1,0 +1,39 @@
+"""Data: loaders, validation, vocabularies, sequences, splits and tf.data pipelines.
+
+Importing this package does not import TensorFlow; `tfmarl.data.pipelines` and
+`tfmarl.data.text` do, and are loaded on first use.
+"""
+
+import importlib
+
+from tfmarl.data.errors import DataError, DataWarning
+from tfmarl.data.interactions import Interactions
+from tfmarl.data.sequences import Sequences, build_sequences
+from tfmarl.data.splits import EvalSet, Split, leave_one_out, temporal_split
+from tfmarl.data.vocab import OOV_INDEX, PAD_INDEX, Vocabulary
+
+_LAZY = {
+    "load_movielens": "tfmarl.data.movielens",
+    "load_interactions": "tfmarl.data.logs",
+    "generate_synthetic": "tfmarl.data.synthetic",
+    "ItemFeatures": "tfmarl.data.item_features",
+    "build_item_features": "tfmarl.data.item_features",
+    "training_dataset": "tfmarl.data.pipelines",
+    "evaluation_dataset": "tfmarl.data.pipelines",
+    "next_item_windows": "tfmarl.data.pipelines",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tfmarl.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "DataError", "DataWarning", "EvalSet", "Interactions", "OOV_INDEX", "PAD_INDEX", "Sequences",
+    "Split", "Vocabulary", "build_sequences", "leave_one_out", "temporal_split", *sorted(_LAZY),
+]

@@ -1,0 +1,9 @@
+"""Training: the next-item recommender model, `pretrain`, callbacks and distribution strategies."""
+
+from tfmarl.training.callbacks import RankingValidation, Throughput
+from tfmarl.training.pretrain import PretrainResult, pretrain
+from tfmarl.training.recommender import SequentialRecommender
+from tfmarl.training.strategy import get_strategy, split_cpu
+
+__all__ = ["PretrainResult", "RankingValidation", "SequentialRecommender", "Throughput", "get_strategy",
+           "pretrain", "split_cpu"]
