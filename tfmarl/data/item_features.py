@@ -1,0 +1,332 @@
+"""Per-item feature tables for the Content agent: categories, title tokens, text embeddings.
+
+Every table has one row per item-vocabulary index (`tfmarl.data.Vocabulary`): row 0 is padding,
+row 1 the OOV bucket, rows 2.. the known items. Reserved rows, and items the item table does not
+describe, are all zeros, which every consumer reads as "no feature".
+
+Importing this module does not import TensorFlow or keras-hub: the functions that tokenize do,
+when called (keras-hub is Keras 3; it is used here only to tokenize inside tf.data pipelines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from tfmarl.data.vocab import atomic_write_text
+
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+# Names tokenizers give their padding token; one of these at index 0 means "0 is padding".
+_PADDING_NAMES = frozenset({"[PAD]", "[pad]", "<pad>", "<PAD>", "", "<|pad|>"})
+
+_ARRAYS_FILE = "item_features.npz"
+_META_FILE = "item_features.json"
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(eq=False)
+class ItemFeatures:
+    """Feature tables aligned with an item vocabulary (row i describes item index i).
+
+    Attributes:
+      categories: int32 [N, max_categories] or None. 0 = no category; index i+1 is
+        ``category_names[i]``.
+      category_names: the category vocabulary (without the "none" index 0).
+      title_tokens: int32 [N, title_length] or None. 0 = padding; other ids index
+        ``text_vocabulary``.
+      text_vocabulary: list of tokens or None (present exactly when ``title_tokens`` is); token
+        id = position, and position 0 is always ``"[PAD]"``.
+      text_embeddings: float32 [N, E] or None, e.g. from `tfmarl.data.text.embed_item_texts`.
+
+    Arrays are coerced to those dtypes and checked (same N, ids in range) on construction.
+    """
+
+    categories: np.ndarray | None = None
+    category_names: list[str] = dataclasses.field(default_factory=list)
+    title_tokens: np.ndarray | None = None
+    text_vocabulary: list[str] | None = None
+    text_embeddings: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.category_names = [str(c) for c in self.category_names]
+        if self.categories is not None:
+            self.categories = _as_table(self.categories, np.int32, "categories")
+            _check_ids(self.categories, len(self.category_names) + 1, "categories")
+        if (self.title_tokens is None) != (self.text_vocabulary is None):
+            raise ValueError("title_tokens and text_vocabulary must be given together")
+        if self.title_tokens is not None:
+            self.text_vocabulary = [str(t) for t in self.text_vocabulary]
+            if not self.text_vocabulary or self.text_vocabulary[0] != PAD_TOKEN:
+                raise ValueError(f"text_vocabulary[0] must be the padding token {PAD_TOKEN!r}")
+            self.title_tokens = _as_table(self.title_tokens, np.int32, "title_tokens")
+            _check_ids(self.title_tokens, len(self.text_vocabulary), "title_tokens")
+        if self.text_embeddings is not None:
+            self.text_embeddings = _as_table(self.text_embeddings, np.float32, "text_embeddings")
+            if not np.isfinite(self.text_embeddings).all():
+                raise ValueError("text_embeddings hold NaN or inf")
+        rows = {name: len(a) for name, a in self._arrays().items()}
+        if len(set(rows.values())) > 1:
+            raise ValueError(f"feature tables disagree on the number of items: {rows}")
+
+    @property
+    def num_items(self) -> int | None:
+        """Rows of the tables (the item vocabulary size), or None when there are no tables."""
+        arrays = self._arrays()
+        return len(next(iter(arrays.values()))) if arrays else None
+
+    def content_agent_kwargs(self) -> dict:
+        """`tfmarl.agents.ContentAgent` constructor arguments matching these tables.
+
+        Always has ``num_categories``, ``text_vocabulary_size`` and ``text_embedding_dim`` (0 when
+        the feature is absent, which disables that part of the agent); ``max_categories`` and
+        ``title_length`` are included when the matching table is present.
+        """
+        kwargs = {"num_categories": 0, "text_vocabulary_size": 0, "text_embedding_dim": 0}
+        if self.categories is not None:
+            kwargs["num_categories"] = len(self.category_names) + 1
+            kwargs["max_categories"] = int(self.categories.shape[1])
+        if self.title_tokens is not None:
+            kwargs["text_vocabulary_size"] = len(self.text_vocabulary)
+            kwargs["title_length"] = int(self.title_tokens.shape[1])
+        if self.text_embeddings is not None:
+            kwargs["text_embedding_dim"] = int(self.text_embeddings.shape[1])
+        return kwargs
+
+    def with_text_embeddings(self, embeddings) -> "ItemFeatures":
+        """A copy with ``text_embeddings`` replaced (float32 [N, E], or None to drop them)."""
+        return dataclasses.replace(self, text_embeddings=embeddings)
+
+    # --- persistence -----------------------------------------------------------------------
+    def save(self, directory) -> None:
+        """Writes ``item_features.npz`` (the arrays) and ``item_features.json`` (names,
+        vocabulary) into ``directory``, each atomically. The JSON is written last."""
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = self._arrays()
+        _atomic_savez(directory / _ARRAYS_FILE, arrays)
+        meta = {"format_version": _FORMAT_VERSION, "arrays": sorted(arrays),
+                "category_names": self.category_names, "text_vocabulary": self.text_vocabulary}
+        atomic_write_text(directory / _META_FILE, json.dumps(meta))
+
+    @classmethod
+    def load(cls, directory) -> "ItemFeatures":
+        """Reads what `save` wrote."""
+        directory = pathlib.Path(directory)
+        with open(directory / _META_FILE, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(f"{directory / _META_FILE}: unsupported format_version "
+                             f"{meta.get('format_version')!r}")
+        with np.load(directory / _ARRAYS_FILE, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in meta["arrays"]}
+        return cls(category_names=meta["category_names"], text_vocabulary=meta["text_vocabulary"],
+                   **arrays)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        names = ("categories", "title_tokens", "text_embeddings")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def __repr__(self):
+        shapes = ", ".join(f"{n}={a.shape}" for n, a in self._arrays().items())
+        return f"ItemFeatures({shapes or 'empty'})"
+
+
+def build_item_features(interactions, item_vocab, *, categories: bool = True, titles: bool = True,
+                        title_length: int = 16, max_categories: int = 4,
+                        text_vocabulary_size: int = 2000, tokenizer=None) -> ItemFeatures:
+    """Builds category and title-token tables aligned with ``item_vocab`` indices.
+
+    Args:
+      interactions: a `tfmarl.data.Interactions`. Without an item table (``items is None``)
+        there is nothing to describe items with: the result has no tables at all
+        (``categories`` and ``title_tokens`` None), so a ContentAgent built from it uses ids only.
+      item_vocab: the `tfmarl.data.Vocabulary` of item ids; row i of every table is index i.
+      categories: build the category table. The category vocabulary is every category in the
+        item table, sorted (``interactions.categories()``); each item keeps its first
+        ``max_categories`` distinct categories in the order the table lists them.
+      titles: build the title-token table. An item's text is its title, or its ``text`` column
+        when the title is empty.
+      title_length: token slots per title (longer titles are truncated, shorter ones padded).
+      max_categories: category slots per item.
+      text_vocabulary_size: upper bound on the WordPiece vocabulary learnt from the texts of the
+        vocabulary's items ("[PAD]" and "[UNK]" included); ignored when ``tokenizer`` is given.
+        The learner (keras-hub's ``compute_word_piece_vocabulary``) keeps only pieces seen about
+        10 times or more, so a small catalog gets mostly single-character pieces and titles are
+        cut at ``title_length`` characters, roughly.
+      tokenizer: optional keras-hub tokenizer to use instead of learning one (e.g.
+        ``keras_hub.tokenizers.Tokenizer.from_preset(dir)``); see `tokenize_texts` for how its
+        ids and padding are mapped.
+
+    A table is None when its feature is switched off or nothing in the item table carries it
+    (no item has a category / no item in the vocabulary has a non-empty title or text).
+    """
+    if title_length < 1 or max_categories < 1:
+        raise ValueError(f"title_length and max_categories must be >= 1, got {title_length}, "
+                         f"{max_categories}")
+    items = interactions.items
+    if items is None:
+        return ItemFeatures()
+    rows, present = _rows_in_item_table(items, item_vocab)
+    features = {}
+    names = interactions.categories() if categories else []
+    if names:
+        features["categories"] = _category_table(present, rows, names, item_vocab.size, max_categories)
+        features["category_names"] = names
+    if titles:
+        texts = [_item_text(title, text) for title, text in zip(present["title"], present["text"])]
+        if any(texts):
+            table, vocabulary = _title_table(texts, rows, item_vocab.size, title_length,
+                                             text_vocabulary_size, tokenizer)
+            features["title_tokens"], features["text_vocabulary"] = table, vocabulary
+    return ItemFeatures(**features)
+
+
+def tokenize_texts(texts: Sequence[str], tokenizer, length: int, batch_size: int = 1024) -> np.ndarray:
+    """Tokenizes ``texts`` in a tf.data pipeline -> int32 [len(texts), length], 0 = padding.
+
+    ``tokenizer`` is a keras-hub tokenizer (Keras 3 preprocessing layer, mapped over batches of
+    strings). Its output may be ragged (no ``sequence_length``) or dense; either way it is
+    truncated / padded to ``length``. Ids index `tokenizer_vocabulary(tokenizer)`.
+
+    The tokenizer's padding id is its ``pad_token_id`` if it has one, else 0 when its
+    vocabulary's first token is a padding token ("[PAD]", "<pad>"). When that id is 0 (BERT,
+    T5, Gemma; also keras-hub's GPT-2, which pads with id 0 = "!") ids are the tokenizer's own.
+    Otherwise (e.g. RoBERTa: 0 = "<s>", padding = 1; or a plain tokenizer with no padding token)
+    every real token id is shifted up by one, to free 0 for padding. A dense output's padding
+    positions are recognised by value (0, or ``pad_token_id``), so tokens with those ids are
+    dropped; a tokenizer without ``sequence_length`` (ragged output) keeps every token.
+    """
+    import tensorflow as tf
+
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros((0, length), np.int32)
+    shift, pad_id = _padding_shift(tokenizer)
+
+    def to_table(batch):
+        ids = tokenizer(batch)
+        if ids.dtype == tf.string:
+            raise ValueError("the tokenizer returns strings; give it an integer dtype")
+        ids = tf.cast(ids, tf.int32)
+        if isinstance(ids, tf.RaggedTensor):
+            # Ragged: lengths are exact, so every value is a real token.
+            ids = (ids + shift).to_tensor(default_value=0, shape=[None, length])
+        else:
+            ids = ids[:, :length]
+            real = ids != 0 if pad_id in (None, 0) else (ids != 0) & (ids != pad_id)
+            ids = tf.where(real, ids + shift, 0)
+            ids = tf.pad(ids, [[0, 0], [0, length - tf.shape(ids)[1]]])
+        # Some tokenizers (byte-pair without the piece) emit -1 for unknown text: no token.
+        return tf.maximum(ids, 0)
+
+    dataset = (tf.data.Dataset.from_tensor_slices(tf.constant(texts, tf.string))
+               .batch(batch_size)
+               .map(to_table, num_parallel_calls=tf.data.AUTOTUNE))
+    return np.concatenate([b.numpy() for b in dataset], axis=0).astype(np.int32)
+
+
+def tokenizer_vocabulary(tokenizer) -> list[str]:
+    """The token list `tokenize_texts` ids index (position = id, position 0 = "[PAD]")."""
+    vocab = _ordered_vocabulary(tokenizer)
+    shift, _ = _padding_shift(tokenizer)
+    # shift 0: the tokenizer's own padding token sits at 0 (renamed "[PAD]"); shift 1: prepended.
+    return [PAD_TOKEN] + vocab[1:] if shift == 0 else [PAD_TOKEN] + vocab
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _ordered_vocabulary(tokenizer) -> list[str]:
+    mapping = getattr(tokenizer, "vocabulary", None)
+    if isinstance(mapping, dict):
+        # BytePairTokenizer: get_vocabulary() lists dict keys, which need not be in id order.
+        return sorted(mapping, key=mapping.get)
+    return list(tokenizer.get_vocabulary())
+
+
+def _padding_shift(tokenizer) -> tuple[int, int | None]:
+    """(shift, pad_id): shift is 0 when the tokenizer's id 0 is its padding, else 1."""
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is not None:
+        return (0 if pad_id == 0 else 1), int(pad_id)
+    first = _ordered_vocabulary(tokenizer)[:1]
+    return (0 if first and first[0] in _PADDING_NAMES else 1), None
+
+
+def _rows_in_item_table(items, item_vocab):
+    """(vocab rows, item-table rows) of the vocabulary's items that the table describes."""
+    ids = item_vocab.tokens
+    known = items.index.isin(ids)
+    present = items[known]
+    rows = item_vocab.lookup(list(present.index))
+    return rows, present
+
+
+def _category_table(present, rows, names, num_items, max_categories) -> np.ndarray:
+    index = {name: i + 1 for i, name in enumerate(names)}
+    table = np.zeros((num_items, max_categories), np.int32)
+    for row, cats in zip(rows, present["categories"]):
+        # dict.fromkeys: distinct, in the order listed (a repeat would double a category's weight).
+        ids = [index[c] for c in dict.fromkeys(cats)][:max_categories]
+        table[row, :len(ids)] = ids
+    return table
+
+
+def _item_text(title, text) -> str:
+    title = title if isinstance(title, str) else ""
+    text = text if isinstance(text, str) else ""
+    return title.strip() or text.strip()
+
+
+def _title_table(texts, rows, num_items, title_length, text_vocabulary_size, tokenizer):
+    """(int32 [num_items, title_length] table, vocabulary) for the texts of ``rows``."""
+    if tokenizer is None:
+        tokenizer = _learn_word_piece_tokenizer(texts, text_vocabulary_size, title_length)
+    vocabulary = tokenizer_vocabulary(tokenizer)
+    table = np.zeros((num_items, title_length), np.int32)
+    table[rows] = tokenize_texts(texts, tokenizer, title_length)
+    return table, vocabulary
+
+
+def _learn_word_piece_tokenizer(texts, vocabulary_size, sequence_length):
+    """A lowercasing keras-hub WordPieceTokenizer whose vocabulary is learnt from ``texts``."""
+    import tensorflow as tf
+    import keras_hub
+
+    if vocabulary_size < 3:
+        raise ValueError(f"text_vocabulary_size must be >= 3, got {vocabulary_size}")
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant([t for t in texts if t], tf.string))
+    vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
+        dataset.batch(1024), vocabulary_size, reserved_tokens=[PAD_TOKEN, UNK_TOKEN], lowercase=True)
+    return keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=vocabulary, sequence_length=sequence_length, lowercase=True, oov_token=UNK_TOKEN)
+
+
+def _as_table(value, dtype, name) -> np.ndarray:
+    value = np.asarray(value, dtype=dtype)
+    if value.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got shape {value.shape}")
+    return value
+
+
+def _check_ids(table, limit, name) -> None:
+    if table.size and (table.min() < 0 or table.max() >= limit):
+        raise ValueError(f"{name} holds ids outside [0, {limit})")
+
+
+def _atomic_savez(path: pathlib.Path, arrays: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
