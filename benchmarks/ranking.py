@@ -29,6 +29,9 @@ PROTOCOL = ("leave-one-out (RecBole sequential): time-ordered, last item test, s
 MODELS = {
     "transformer": dict(encoder="transformer", dim=64, num_layers=2, num_heads=2, dropout=0.2,
                         learning_rate=1e-3, batch_size=128),
+    # Same transformer; the Content agent adds genres and WordPiece title tokens to the id embedding.
+    "transformer_features": dict(encoder="transformer", dim=64, num_layers=2, num_heads=2, dropout=0.2,
+                                 learning_rate=1e-3, batch_size=128, item_features=True),
     "lstm": dict(encoder="lstm", dim=64, num_layers=1, num_heads=1, dropout=0.2, learning_rate=2e-3,
                  batch_size=128),
 }
@@ -47,6 +50,8 @@ def train_one(name, args, queue):
     import tensorflow as tf
 
     import tfmarl  # noqa: F401
+    from tfmarl.agents import ContentAgent
+    from tfmarl.data import build_item_features
     from tfmarl.evaluation import evaluate_ranking
     from tfmarl.training import SequentialRecommender, pretrain
 
@@ -55,6 +60,11 @@ def train_one(name, args, queue):
     tf.keras.utils.set_random_seed(args.seed)
     freq = np.bincount(split.train.items, minlength=vocab.size)
     lr, batch_size = hp.pop("learning_rate"), hp.pop("batch_size")
+    if hp.pop("item_features", False):
+        features = build_item_features(interactions, vocab, text_vocabulary_size=1000)
+        hp["content_agent"] = ContentAgent(vocab.size, dim=hp["dim"], name="content_agent",
+                                           **features.content_agent_kwargs())
+        hp["content_agent"].set_item_features(features)
     model = SequentialRecommender(item_vocabulary=vocab, max_length=args.max_length, item_frequencies=freq, **hp)
     result = pretrain(model, split.train, split.valid, epochs=args.epochs, batch_size=batch_size,
                       learning_rate=lr, patience=args.patience, seed=args.seed, verbose=0)
@@ -134,7 +144,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/ml-100k")
     parser.add_argument("--out", default="benchmarks/results/ranking_ml100k.json")
-    parser.add_argument("--models", default="transformer,lstm")
+    parser.add_argument("--models", default="transformer,transformer_features,lstm")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=50)

@@ -51,8 +51,10 @@ def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 12
         train = training_dataset(train, model.max_length, batch_size, stride=stride, seed=seed)
     else:
         targets_per_epoch = 0
-    if getattr(model, "optimizer", None) is None or not model._is_compiled:
-        with model.distribute_strategy.scope():
+    with model.distribute_strategy.scope():
+        if not model.built:
+            model.build_all()  # variables must exist before BackupAndRestore can restore them
+        if getattr(model, "optimizer", None) is None or not model._is_compiled:
             model.compile(optimizer=optimizer or tf.keras.optimizers.Adam(learning_rate))
     throughput = Throughput(targets_per_epoch)
     ranking = RankingValidation(valid) if valid is not None else None
