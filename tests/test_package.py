@@ -23,6 +23,18 @@ def test_import_after_keras3_binding_raises_clear_error():
     assert "ImportError" in out.stderr and "TF_USE_LEGACY_KERAS=1" in out.stderr
 
 
+def test_import_after_tensorflow_without_the_variable_raises():
+    out = run_python("import tensorflow\nimport tfmarl")
+    assert out.returncode != 0 and "import tfmarl before TensorFlow" in out.stderr
+
+
+def test_import_after_tensorflow_with_the_variable_works():
+    out = run_python("import tensorflow as tf\nimport tfmarl\nprint(tf.keras.optimizers.Adam.__module__)",
+                     {"TF_USE_LEGACY_KERAS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("tf_keras")
+
+
 def test_lazy_public_api():
     import tfmarl
 

@@ -19,7 +19,10 @@ def _select_legacy_keras():
     tf = sys.modules.get("tensorflow")
     if tf is None:
         return  # TensorFlow will read the variable when it first resolves tf.keras.
-    bound = _bound_keras(vars(tf).get("keras"))
+    # TensorFlow decides at import time where `tensorflow.keras.*` submodules come from: imported
+    # without the variable, parts of tf.keras are Keras 3 whatever we set now.
+    legacy_at_import = vars(tf).get("_tf_uses_legacy_keras")
+    bound = "keras (Keras 3)" if legacy_at_import is False else _bound_keras(vars(tf).get("keras"))
     if bound is not None and not bound.startswith("tf_keras"):
         raise ImportError(
             "tfmarl needs legacy Keras 2 (tf_keras), but tf.keras is already bound to "

@@ -1,0 +1,30 @@
+"""Simulated environments: an interest-evolution session simulator fitted from interaction logs.
+
+`fit_user_model` fits a `UserModel` (numpy only); `SessionEnvironment` runs it as a batched
+TF-Agents `PyEnvironment` (importing it loads TF-Agents, hence TensorFlow, on first use).
+"""
+
+import importlib
+
+from tfmarl.envs.fit import UserModel, fit_user_model
+
+_LAZY = {
+    "SessionConfig": "tfmarl.envs.session",
+    "SessionEnvironment": "tfmarl.envs.session",
+    "run_episodes": "tfmarl.envs.session",
+    "random_slates": "tfmarl.envs.session",
+    "myopic_oracle_policy": "tfmarl.envs.session",
+    "quality_variety_oracle_policy": "tfmarl.envs.session",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tfmarl.envs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["UserModel", "fit_user_model", *sorted(_LAZY)]

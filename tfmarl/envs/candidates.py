@@ -1,0 +1,105 @@
+"""`CandidateSessionEnvironment`: session environment whose actions index retrieved candidates."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from tf_agents.environments import py_environment
+from tf_agents.specs import array_spec
+from tf_agents.trajectories import time_step as ts
+
+from tfmarl.envs.session import SessionEnvironment
+
+
+class CandidateSessionEnvironment(py_environment.PyEnvironment):
+    """Wraps a `SessionEnvironment` so that a policy picks its slate among N retrieved candidates.
+
+    Each observation gains ``"candidates"``: int32 [N] item indices that ``retrieve`` returns
+    for the visible history (for instance a pretrained two-tower model's top N, history excluded;
+    see `tfmarl.rl.CandidateRetriever`). The action is the slate as positions into that list:
+    int32 [slate_size] distinct values in [0, N). Everything else (rewards, auto-reset,
+    `last_info`) is the wrapped environment's.
+
+    Args:
+      env: the session environment.
+      retrieve: ``history int32 [B, L] -> candidates int32 [B, N]`` (or a dict holding
+        ``"candidates"``).
+      num_candidates: N.
+    """
+
+    def __init__(self, env: SessionEnvironment, retrieve: Callable, num_candidates: int):
+        super().__init__(handle_auto_reset=False)
+        k = env.config.slate_size
+        if not k <= num_candidates <= env.num_items - 2:
+            raise ValueError(f"num_candidates must be in [slate_size={k}, {env.num_items - 2}], got {num_candidates}")
+        self._env = env
+        self._retrieve = retrieve
+        self._n = int(num_candidates)
+        self._observation_spec = dict(env.observation_spec())
+        self._observation_spec["candidates"] = array_spec.BoundedArraySpec(
+            (self._n,), np.int32, minimum=0, maximum=env.num_items - 1, name="candidates")
+        self._action_spec = array_spec.BoundedArraySpec((k,), np.int32, minimum=0, maximum=self._n - 1,
+                                                        name="slate_positions")
+        self._candidates = None
+
+    @property
+    def batched(self) -> bool:
+        return True
+
+    @property
+    def batch_size(self) -> int:
+        return self._env.batch_size
+
+    @property
+    def session(self) -> SessionEnvironment:
+        return self._env
+
+    @property
+    def num_candidates(self) -> int:
+        return self._n
+
+    @property
+    def last_info(self) -> dict:
+        return self._env.last_info
+
+    def observation_spec(self):
+        return self._observation_spec
+
+    def action_spec(self):
+        return self._action_spec
+
+    def reward_spec(self):
+        return self._env.reward_spec()
+
+    def seed(self, seed) -> None:
+        self._env.seed(seed)
+
+    def get_info(self):
+        return self._env.last_info
+
+    def items_for(self, positions) -> np.ndarray:
+        """Slate positions [B, K] of the current observation -> item indices [B, K]."""
+        positions = np.asarray(positions)
+        if positions.shape != (self.batch_size, self._action_spec.shape[0]):
+            raise ValueError(f"slate positions must have shape {(self.batch_size, self._action_spec.shape[0])}, "
+                             f"got {positions.shape}")
+        if positions.min() < 0 or positions.max() >= self._n:
+            raise ValueError(f"slate positions must lie in [0, {self._n}), got values in "
+                             f"[{positions.min()}, {positions.max()}]")
+        return np.take_along_axis(self._candidates, positions.astype(np.int64), axis=1).astype(np.int32)
+
+    def _with_candidates(self, time_step):
+        out = self._retrieve(time_step.observation["history"])
+        candidates = np.asarray(out["candidates"] if isinstance(out, dict) else out, np.int32)
+        if candidates.shape != (self.batch_size, self._n):
+            raise ValueError(f"retrieve returned shape {candidates.shape}, expected {(self.batch_size, self._n)}")
+        self._candidates = candidates
+        observation = dict(time_step.observation, candidates=candidates)
+        return time_step._replace(observation=observation)
+
+    def _reset(self):
+        return self._with_candidates(self._env.reset())
+
+    def _step(self, action):
+        return self._with_candidates(self._env.step(self.items_for(action)))

@@ -1,0 +1,64 @@
+"""DQN / Double DQN over retrieved candidates, through TF-Agents' `DqnAgent`.
+
+The Q-network (`CandidateQNetwork`) scores each of the N candidates of a
+`CandidateSessionEnvironment` observation from the User and Content agents. The slate is the
+top K by Q (`QSlatePolicy`); the transition stored for TD learning has as its action the
+candidate the user consumed (slot 0's candidate when nothing was clicked), so Q(s, a) estimates
+the discounted engagement that follows the user consuming item a — the SlateQ decomposition
+with the max over candidates as the bootstrap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tf_agents.agents.dqn import dqn_agent
+from tf_agents.specs import tensor_spec
+from tf_agents.utils import common
+
+from tfmarl.rl.networks import CandidateQNetwork
+
+
+def make_dqn_agent(env, model=None, *, user_agent_config: dict | None = None,
+                   content_agent_config: dict | None = None, double: bool = True, gamma: float = 0.9,
+                   learning_rate: float = 1e-3, target_update_period: int = 100, target_update_tau: float = 1.0,
+                   hidden_units=(64,), gradient_clipping: float | None = 10.0, warm_start: bool = True,
+                   train_step_counter=None):
+    """A (Double) DQN agent whose action is a candidate position of ``env`` (a
+    `CandidateSessionEnvironment`).
+
+    Args:
+      model: a pretrained `SequentialRecommender`; its agents' configs (and, with ``warm_start``,
+        weights) shape the Q-network's User and Content agents.
+      user_agent_config, content_agent_config: agent configs when no ``model`` is given.
+      double: Double DQN (`DdqnAgent`) instead of DQN.
+    Returns ``(agent, q_network)``; the agent is initialised (target network synced).
+    """
+    if model is not None:
+        user_agent_config = user_agent_config or model.user_agent.get_config()
+        content_agent_config = content_agent_config or model.content_agent.get_config()
+    if user_agent_config is None or content_agent_config is None:
+        raise ValueError("pass a pretrained model or both agent configs")
+    time_step_spec = tensor_spec.from_spec(env.time_step_spec())
+    action_spec = tensor_spec.BoundedTensorSpec((), tf.int32, minimum=0, maximum=env.num_candidates - 1,
+                                                name="consumed_candidate")
+    q_network = CandidateQNetwork(time_step_spec.observation, user_agent_config, content_agent_config,
+                                  hidden_units=tuple(hidden_units), max_steps=env.session.config.max_steps)
+    q_network.create_variables()
+    if model is not None and warm_start:
+        q_network.warm_start(model)
+    cls = dqn_agent.DdqnAgent if double else dqn_agent.DqnAgent
+    agent = cls(time_step_spec, action_spec, q_network=q_network,
+                optimizer=tf.keras.optimizers.Adam(learning_rate), epsilon_greedy=0.0, gamma=gamma,
+                target_update_period=target_update_period, target_update_tau=target_update_tau,
+                td_errors_loss_fn=common.element_wise_huber_loss, gradient_clipping=gradient_clipping,
+                train_step_counter=train_step_counter or tf.Variable(0, dtype=tf.int64, name="train_step"))
+    agent.initialize()
+    return agent, q_network
+
+
+def consumed_positions(positions: np.ndarray, info: dict) -> np.ndarray:
+    """The candidate position each user consumed from the shown slate, or slot 0's if none, [B]."""
+    slot = np.asarray(info["chosen_slot"])
+    rows = np.arange(len(slot))
+    return positions[rows, np.maximum(slot, 0)].astype(np.int32)
