@@ -1,0 +1,128 @@
+"""Export of learned RL policies.
+
+- `save_policy`: TF-Agents `PolicySaver` output (signatures ``action``, ``get_initial_state``,
+  ``get_train_step``), written as a new version directory. Loading it without TF-Agents needs
+  ``import tensorflow_probability`` first (policies may emit distributions).
+- `export_candidate_recommender`: the tfmarl serving contract (``history`` strings in,
+  ``item_ids``/``scores`` out; see `tfmarl.export.savedmodel`) for retrieval -> learned scorer ->
+  slate, so clients send no reward, discount or step type.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+import types
+
+import tensorflow as tf
+
+import tfmarl
+from tfmarl.agents.system import mask_excluded
+from tfmarl.export.savedmodel import (METADATA_FILE, SIGNATURE_KEY, history_indices, last_known, lookup_table,
+                                      write_version)
+
+
+def save_policy(policy, export_dir, *, batch_size: int | None = None) -> pathlib.Path:
+    """Saves a TF-Agents policy with `PolicySaver` as version ``<n+1>`` of ``export_dir``."""
+    from tf_agents.policies import policy_saver
+
+    saver = policy_saver.PolicySaver(policy, batch_size=batch_size)
+    return write_version(export_dir, lambda path: saver.save(str(path)))
+
+
+def q_network_scorer(q_network, history_length: int):
+    """Scores candidates with a `CandidateQNetwork` (state at session start: step 0)."""
+
+    def score(history, candidates):
+        history = _right_window(history, history_length)
+        step = tf.zeros([tf.shape(history)[0]], tf.int32)
+        q, _ = q_network({"history": history, "step": step, "candidates": candidates}, training=False)
+        return q
+
+    return score
+
+
+def bandit_scorer(policy, model, *, arm_features: str = "item"):
+    """Scores candidates with a per-arm bandit policy's mean reward estimates; the global and
+    per-arm features are built in-graph from ``model`` (the pretrained recommender), as in
+    `tfmarl.envs.PerArmBanditEnvironment`."""
+    from tf_agents.trajectories import time_step as ts
+
+    def score(history, candidates):
+        items = model.item_vectors(training=False)
+        state = model.user_state(history, items, training=False)
+        arms = tf.gather(items, candidates)
+        if arm_features == "crossed":
+            arms = tf.concat([arms, state[:, None, :] * arms], axis=-1)
+        b = tf.shape(history)[0]
+        step = ts.TimeStep(tf.fill([b], ts.StepType.FIRST), tf.zeros([b]), tf.ones([b]),
+                           {"global": state, "per_arm": arms})
+        return policy.action(step).info.predicted_rewards_mean
+
+    return score
+
+
+class CandidateRecommenderServing(tf.Module):
+    """history strings -> pretrained retrieval (top N, history excluded) -> ``score(history,
+    candidates)`` -> top K."""
+
+    def __init__(self, model, score, vocabulary, *, k: int, num_candidates: int, variables):
+        super().__init__(name="tfmarl_rl_recommender")
+        # Held outside tf.Module tracking (a plain namespace): only the variables are exported,
+        # not the Keras objects' own serialisations.
+        self._fn = types.SimpleNamespace(model=model, score=score)
+        self.tracked_variables = list(model.variables) + list(variables)
+        self.table = lookup_table(vocabulary)
+        self.item_strings = tf.constant(["", "[OOV]"] + vocabulary.tokens, tf.string)
+        self.k, self.num_candidates, self.max_length = int(k), int(num_candidates), int(model.max_length)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
+    def serve(self, history):
+        indices = history_indices(self.table, history)
+        window = last_known(indices, self.max_length)
+        model = self._fn.model
+        items = model.item_vectors(training=False)
+        state = model.user_state(window, items, training=False)
+        retrieval = mask_excluded(model.system_agent.score(state, items), indices)
+        candidates = tf.math.top_k(retrieval, k=self.num_candidates).indices
+        scores = tf.cast(self._fn.score(window, candidates), tf.float32)
+        top = tf.math.top_k(scores, k=self.k)
+        chosen = tf.gather(candidates, top.indices, batch_dims=1)
+        return {"item_ids": tf.gather(self.item_strings, chosen), "scores": top.values}
+
+
+def export_candidate_recommender(model, score, export_dir, *, variables=(), k: int = 10, num_candidates: int = 50,
+                                 metadata: dict | None = None) -> pathlib.Path:
+    """Exports retrieval (``model``, a pretrained `SequentialRecommender` with an item
+    vocabulary) followed by a learned candidate scorer as version ``<n+1>`` of ``export_dir``.
+
+    Args:
+      score: ``(history int32 [B, L], candidates int32 [B, N]) -> scores [B, N]``, e.g.
+        `q_network_scorer` or `bandit_scorer`.
+      variables: the scorer's variables (so the SavedModel holds them).
+    """
+    vocabulary = getattr(model, "item_vocabulary", None)
+    if vocabulary is None:
+        raise ValueError("the retrieval model has no item_vocabulary")
+    if not k <= num_candidates <= model.num_items - 2:
+        raise ValueError(f"need k <= num_candidates <= {model.num_items - 2}, got k={k}, num_candidates={num_candidates}")
+    module = CandidateRecommenderServing(model, score, vocabulary, k=k, num_candidates=num_candidates,
+                                         variables=variables)
+    info = {"tfmarl_version": tfmarl.__version__, "k": k, "num_candidates": num_candidates, "signature": SIGNATURE_KEY,
+            "num_items": int(model.num_items), "created": time.time(), **(metadata or {})}
+
+    def save(path):
+        tf.saved_model.save(module, str(path), signatures={SIGNATURE_KEY: module.serve})
+        (path / "assets.extra").mkdir(exist_ok=True)
+        (path / "assets.extra" / METADATA_FILE).write_text(json.dumps(info, indent=2))
+
+    return write_version(export_dir, save)
+
+
+def _right_window(history, length: int):
+    """Right-padded [B, M] -> the last ``length`` items of each row, right-padded, [B, length]."""
+    known = tf.RaggedTensor.from_tensor(history, padding=0)
+    window = known[:, -length:].to_tensor(default_value=0)
+    pad = tf.maximum(length - tf.shape(window)[1], 0)
+    return tf.pad(window, [[0, 0], [0, pad]])[:, :length]
