@@ -62,3 +62,81 @@ def mirrored():
     """One MirroredStrategy over the two logical CPUs, shared: separate instances in one process
     can collide on collective-op keys."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+# --- RL fixtures (tests/test_rl.py, tests/test_rl_export.py) ----------------------------------
+
+
+class RLWorld:
+    """A small simulated world shared by the RL tests: a `UserModel` fitted on a synthetic log
+    (30 items), a randomly initialised (untrained) one-layer `SequentialRecommender` over its
+    vocabulary, a `CandidateRetriever` of N=8 candidates and short sessions (slate of 3, at most
+    4 steps, history window 6 = the recommender's max_length)."""
+
+    num_candidates = 8
+
+    def __init__(self):
+        from tfmarl.data.synthetic import generate_synthetic
+        from tfmarl.envs import SessionConfig, fit_user_model
+        from tfmarl.rl import CandidateRetriever
+        from tfmarl.training import SequentialRecommender
+
+        self.user_model = fit_user_model(
+            generate_synthetic(n_users=120, n_items=30, interactions_per_user=12, seed=0), dim=8, seed=0)
+        tf.keras.utils.set_random_seed(0)
+        self.model = SequentialRecommender(item_vocabulary=self.user_model.vocabulary, dim=8, max_length=6,
+                                           num_layers=1, num_heads=1, dropout=0.0, k=5)
+        self.model.build_all()
+        self.config = SessionConfig(slate_size=3, history_length=6, max_steps=4, no_click_utility=2.0)
+        self.retriever = CandidateRetriever(self.model, self.num_candidates)
+
+    def session_env(self, batch_size=4, seed=0):
+        from tfmarl.envs import SessionEnvironment
+
+        return SessionEnvironment(self.user_model, self.config, batch_size=batch_size, seed=seed)
+
+    def candidate_env(self, batch_size=4, seed=0):
+        from tfmarl.envs.candidates import CandidateSessionEnvironment
+
+        return CandidateSessionEnvironment(self.session_env(batch_size, seed), self.retriever, self.num_candidates)
+
+    def bandit_env(self, batch_size=8, seed=0, arm_features="item"):
+        from tfmarl.envs.bandit import PerArmBanditEnvironment
+
+        return PerArmBanditEnvironment(self.user_model, self.retriever, self.retriever.item_vectors,
+                                       self.num_candidates, config=self.config, batch_size=batch_size, seed=seed,
+                                       arm_features=arm_features)
+
+
+@pytest.fixture(scope="session")
+def rl_world():
+    return RLWorld()
+
+
+@pytest.fixture(scope="session")
+def rl_dqn(rl_world, tmp_path_factory):
+    """A Double DQN agent trained briefly on the world's candidate environment, with TensorBoard logs."""
+    import types
+
+    from tfmarl.rl import linear_schedule, make_dqn_agent, train_dqn
+
+    tf.keras.utils.set_random_seed(0)
+    env = rl_world.candidate_env(batch_size=4, seed=0)
+    agent, q_network = make_dqn_agent(env, rl_world.model, double=True, hidden_units=(16,), target_update_period=10)
+    log_dir = tmp_path_factory.mktemp("dqn_logs")
+    result = train_dqn(agent, q_network, env, 30, batch_size=16, warmup_steps=5, epsilon=linear_schedule(0.5, 0.1, 20),
+                       log_dir=log_dir, log_every=10, seed=0)
+    return types.SimpleNamespace(env=env, agent=agent, q_network=q_network, result=result, log_dir=log_dir)
+
+
+@pytest.fixture(scope="session")
+def rl_bandit(rl_world):
+    """LinUCB trained briefly on the world's per-arm bandit environment with crossed arm features."""
+    import types
+
+    from tfmarl.rl import make_bandit_agent, train_bandit
+
+    env = rl_world.bandit_env(batch_size=8, seed=0, arm_features="crossed")
+    agent = make_bandit_agent("linucb", env)
+    result = train_bandit(agent, env, 10, log_every=5, seed=0)
+    return types.SimpleNamespace(env=env, agent=agent, result=result, arm_features="crossed")

@@ -6,7 +6,7 @@ from tfmarl.export.savedmodel import SIGNATURE_KEY, existing_versions, export_re
 
 # RL exports load TF-Agents: resolved on first use.
 _LAZY = {name: "tfmarl.export.policy" for name in
-         ("save_policy", "export_candidate_recommender", "q_network_scorer", "bandit_scorer")}
+         ("save_policy", "export_candidate_recommender", "q_network_scorer", "bandit_scorer", "multiagent_scorer")}
 
 
 def __getattr__(name):

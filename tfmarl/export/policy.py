@@ -63,6 +63,29 @@ def bandit_scorer(policy, model, *, arm_features: str = "item"):
     return score
 
 
+def multiagent_scorer(roles, model, facets, *, history_length: int = 20):
+    """Scores candidates with the multi-agent policy (`tfmarl.rl.multiagent.MultiAgentRoles`):
+    the User agent's facet allocation, the Content agents' proposals and the System agent's
+    composition, greedily (largest-remainder allocation), at session start (step 0). Returns
+    (composition key, critic value) so the export's top K is the composed slate."""
+    from tfmarl.rl.multiagent.roles import compose_slate
+
+    facet_table = tf.constant(facets.item_facet)
+
+    def score(history, candidates):
+        items = model.item_vectors(training=False)
+        state = model.user_state(history, items, training=False)
+        observation = {"history": _right_window(history, history_length), "step": tf.zeros_like(history[:, 0]),
+                       "candidates": candidates, "candidate_facets": tf.gather(facet_table, candidates),
+                       "user_state": state}
+        q_user, content_q, critic_q = roles.values(observation)
+        _, key = compose_slate(roles.facet_probabilities(q_user), content_q, critic_q,
+                               observation["candidate_facets"], roles.slate_size, sample=False)
+        return key, critic_q if critic_q is not None else content_q
+
+    return score
+
+
 class CandidateRecommenderServing(tf.Module):
     """history strings -> pretrained retrieval (top N, history excluded) -> ``score(history,
     candidates)`` -> top K."""
@@ -86,10 +109,14 @@ class CandidateRecommenderServing(tf.Module):
         state = model.user_state(window, items, training=False)
         retrieval = mask_excluded(model.system_agent.score(state, items), indices)
         candidates = tf.math.top_k(retrieval, k=self.num_candidates).indices
-        scores = tf.cast(self._fn.score(window, candidates), tf.float32)
-        top = tf.math.top_k(scores, k=self.k)
+        scores = self._fn.score(window, candidates)
+        # A scorer may return (ranking key, reported score): e.g. a composed slate ranks by its
+        # composition but reports its critic's values.
+        key, reported = scores if isinstance(scores, tuple) else (scores, scores)
+        top = tf.math.top_k(tf.cast(key, tf.float32), k=self.k)
         chosen = tf.gather(candidates, top.indices, batch_dims=1)
-        return {"item_ids": tf.gather(self.item_strings, chosen), "scores": top.values}
+        return {"item_ids": tf.gather(self.item_strings, chosen),
+                "scores": tf.gather(tf.cast(reported, tf.float32), top.indices, batch_dims=1)}
 
 
 def export_candidate_recommender(model, score, export_dir, *, variables=(), k: int = 10, num_candidates: int = 50,

@@ -1,0 +1,227 @@
+"""Multi-agent RL (User, Content and System agents) in the session simulator fitted from MovieLens.
+
+    python benchmarks/marl.py --data ../shared/data/ml-100k --out benchmarks/results/marl_ml100k.json
+
+Same simulator, pretrained retrieval model, seeds and held-out users as `benchmarks/rl.py`
+(whose functions it reuses). Trains, per seed, `marl` and its ablations on the simulator's train
+users and evaluates them on held-out users:
+  marl                       User agent (facet explorer) + one Content agent per domain + System
+                             agent (critic, composition, adaptive reward)
+  marl_no_critic             no centralised critic: roles bootstrap from themselves
+  marl_fixed_reward          reward weights frozen (clicks only)
+  marl_single_content_agent  one Content agent owns every facet
+The baselines of #3 (random, popular, greedy, linucb, neural_linucb, dqn) come from
+``--baselines`` (the rl benchmark's JSON, when its settings match) or are recomputed.
+The System agent's stated objective: maximise clicks per session subject to
+  mean slate diversity >= diversity_floor (x greedy's) and mean satisfaction per step >= floor.
+Writes the JSON and a PNG of the reward weights over training and of the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb, write_json  # noqa: E402
+from rl import POLICIES, compare_policies, evaluate, setup, t_ci95  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+VARIANTS = {
+    "marl": {},
+    "marl_no_critic": {"use_critic": False},
+    "marl_fixed_reward": {"adapt": False},
+    "marl_single_content_agent": {"num_content_agents": 1},
+}
+
+
+def greedy_reference(ctx, args):
+    """Greedy two-tower slates' diversity (pretrained item vectors) on train users: the floor's unit."""
+    from tfmarl.envs import SessionEnvironment
+    from tfmarl.rl import GreedySlatePolicy
+    from tfmarl.rl.multiagent import slate_diversity
+
+    policy = GreedySlatePolicy(ctx["retriever"], 10)
+    env = SessionEnvironment(ctx["user_model"], batch_size=100, users="train", seed=5)
+    time_step, values = env.reset(), []
+    for _ in range(30):
+        slate = policy(time_step.observation)
+        values.append(slate_diversity(ctx["retriever"].item_vectors[slate]).mean())
+        time_step = env.step(slate)
+    return float(np.mean(values))
+
+
+def train_variant(name, ctx, marl_ctx, args, seed):
+    from tfmarl.envs import SessionEnvironment
+    from tfmarl.envs.candidates import CandidateSessionEnvironment
+    from tfmarl.rl import linear_schedule
+    from tfmarl.rl.multiagent import AdaptiveReward, MultiAgentRoles, MultiAgentTrainer
+
+    options = dict(VARIANTS[name])
+    adapt = options.pop("adapt", True)
+    retriever, facets = marl_ctx["retriever"], marl_ctx["facets"]
+    env = CandidateSessionEnvironment(SessionEnvironment(ctx["user_model"], batch_size=64, users="train", seed=seed),
+                                      retriever, args.candidates, include_state=True, item_facets=facets.item_facet)
+    tf.keras.utils.set_random_seed(seed)
+    roles = MultiAgentRoles(env, retriever.item_vectors, facets, gamma=0.9, **options)
+    reward = AdaptiveReward(marl_ctx["floors"], adapt=adapt, learning_rate=0.05)
+    trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, ctx["counts"], reward=reward,
+                                epsilon=linear_schedule(0.2, 0.02, args.steps // 3), seed=seed)
+    result = trainer.run(args.steps, log_every=max(args.steps // 30, 1))
+    return roles, result
+
+
+def marl_policy(roles, marl_ctx):
+    """Greedy decentralised execution on plain session observations (retrieval inside)."""
+    retriever, facets = marl_ctx["retriever"], marl_ctx["facets"]
+    act = tf.function(lambda obs: roles.act(obs, sample=False)[0])
+
+    def policy(observation):
+        out = retriever(observation["history"])
+        obs = {"history": observation["history"], "step": observation["step"], "candidates": out["candidates"],
+               "user_state": out["user_state"], "candidate_facets": facets.item_facet[out["candidates"]]}
+        positions = act({k: tf.convert_to_tensor(v) for k, v in obs.items()}).numpy()
+        return np.take_along_axis(out["candidates"], positions, axis=1)
+
+    return policy
+
+
+def load_baselines(path, args):
+    try:
+        previous = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    settings = previous.get("settings", {})
+    same = all(settings.get(k) == getattr(args, k) for k in ("seeds", "episodes", "pretrain_epochs")) and \
+        pathlib.Path(settings.get("data", "")).resolve() == pathlib.Path(args.data).resolve()
+    if not same:
+        print(f"{path}: settings differ from this run; recomputing the baselines", file=sys.stderr)
+        return None
+    return {name: previous["policies"][name] for name in POLICIES}
+
+
+def plot(path, summary, weight_curves):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    names = list(summary)
+    axes[0].bar(names, [summary[n]["return_mean"] for n in names], yerr=[summary[n]["return_ci95"] for n in names],
+                capsize=4, color=["#c44e52" if n.startswith("marl") else "#4c72b0" for n in names])
+    axes[0].set_title("Return per session, held-out users (95% CI over seeds)")
+    axes[0].tick_params(axis="x", rotation=40)
+    for signal, style in (("satisfaction", "-"), ("diversity", "--")):
+        for i, curve in enumerate(weight_curves):
+            axes[1].plot([p["step"] for p in curve], [p[f"weight/{signal}"] for p in curve], style,
+                         color="C0" if signal == "satisfaction" else "C1", alpha=0.7,
+                         label=f"{signal} weight" if i == 0 else None)
+    axes[1].set_title("System agent: adaptive reward weights during training (marl, every seed)")
+    axes[1].set_xlabel("environment step (batch of 64 sessions)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/ml-100k")
+    parser.add_argument("--out", default="benchmarks/results/marl_ml100k.json")
+    parser.add_argument("--baselines", default="benchmarks/results/rl_ml100k.json")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--candidates", type=int, default=100, help="candidates the MARL roles choose among")
+    parser.add_argument("--facets", type=int, default=8)
+    parser.add_argument("--domains", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--diversity-floor", type=float, default=1.5, help="x greedy's slate diversity")
+    parser.add_argument("--satisfaction-floor", type=float, default=1.5, help="mean satisfaction per step")
+    parser.add_argument("--pretrain-epochs", type=int, default=30)
+    parser.add_argument("--export", help="model base path to export seed 0's marl policy to")
+    # Settings of the rl benchmark, used if its baselines must be recomputed.
+    parser.add_argument("--bandit-rounds", type=int, default=300)
+    parser.add_argument("--dqn-steps", type=int, default=1500)
+    parser.add_argument("--ope-epsilon", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    from tfmarl.rl import CandidateRetriever
+    from tfmarl.rl.multiagent import build_facets
+
+    ctx = setup(args)
+    retriever = ctx["retriever"]  # setup retrieves args.candidates candidates
+    facets = build_facets(retriever.item_vectors, args.facets, args.domains, seed=0)
+    greedy_diversity = greedy_reference(ctx, args)
+    floors = {"diversity": args.diversity_floor * greedy_diversity, "satisfaction": args.satisfaction_floor}
+    marl_ctx = {"retriever": retriever, "facets": facets, "floors": floors}
+
+    per_seed = {name: [] for name in VARIANTS}
+    weight_curves, curves, speed = [], {name: [] for name in VARIANTS}, []
+    for seed in range(args.seeds):
+        for name in VARIANTS:
+            t0 = time.perf_counter()
+            roles, result = train_variant(name, ctx, marl_ctx, args, seed)
+            per_seed[name].append(evaluate(marl_policy(roles, marl_ctx), ctx, args, seed))
+            curves[name].append(result.curve)
+            speed.append(result.train_steps_per_second)
+            if name == "marl":
+                weight_curves.append(result.curve)
+                if seed == 0 and args.export:
+                    from tfmarl.export import export_candidate_recommender, multiagent_scorer
+
+                    path = export_candidate_recommender(
+                        ctx["model"], multiagent_scorer(roles, ctx["model"], facets), args.export,
+                        variables=roles.variables, k=10, num_candidates=args.candidates,
+                        metadata={"benchmark": "marl", "policy": "marl"})
+                    print(f"exported {path}", file=sys.stderr)
+            print(f"seed {seed} {name}: return {per_seed[name][-1]['return']:.2f} "
+                  f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+
+    summary = {}
+    baselines = load_baselines(args.baselines, args)
+    baseline_source = args.baselines
+    if baselines is None:
+        rl_args = argparse.Namespace(**{**vars(args), "candidates": 50})
+        rl_ctx = dict(ctx, retriever=CandidateRetriever(ctx["model"], num_candidates=50))
+        baselines, *_ = compare_policies(rl_ctx, rl_args)
+        baseline_source = "recomputed"
+    summary.update(baselines)
+    for name, rows in per_seed.items():
+        returns = [r["return"] for r in rows]
+        summary[name] = {"return_mean": float(np.mean(returns)), "return_ci95": t_ci95(returns),
+                         "ctr_mean": float(np.mean([r["ctr"] for r in rows])),
+                         "session_length_mean": float(np.mean([r["session_length"] for r in rows])),
+                         "coverage": float(np.mean([r["coverage"] for r in rows])),
+                         "diversity": float(np.mean([r["diversity"] for r in rows])),
+                         "seeds": len(rows), "per_seed_return": returns}
+    out = pathlib.Path(args.out)
+    plot(out.with_suffix(".png"), summary, weight_curves)
+    greedy, dqn, marl = (summary[n]["return_mean"] for n in ("greedy", "dqn", "marl"))
+    payload = {
+        "benchmark": "marl", "machine": machine(), "dataset": ctx["interactions"].name,
+        "protocol": ("same simulator, pretrained retrieval, seeds and held-out users as benchmarks/rl.py; "
+                     "MARL roles choose among the top-N retrieved candidates; return = clicks per session"),
+        "settings": vars(args), "baselines_from": baseline_source,
+        "objective": {"maximise": "clicks per session", "floors": floors,
+                      "greedy_slate_diversity_pretrained_vectors": greedy_diversity},
+        "policies": summary,
+        "ratios": {"marl_over_greedy": marl / greedy, "marl_over_dqn": marl / dqn,
+                   "marl_over_marl_fixed_reward": marl / summary["marl_fixed_reward"]["return_mean"],
+                   "marl_diversity_minus_greedy": summary["marl"]["diversity"] - summary["greedy"]["diversity"]},
+        "targets": {"marl_over_greedy": 1.15, "marl_over_dqn": 1.0, "marl_over_marl_fixed_reward": 1.0,
+                    "marl_diversity_minus_greedy": 0.0},
+        "marl_train_steps_per_second": float(np.mean(speed)),
+        "curves": curves, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(),
+    }
+    write_json(out, payload)
+
+
+if __name__ == "__main__":
+    main()

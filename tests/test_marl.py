@@ -1,0 +1,280 @@
+"""Multi-agent RL: roles learning known answers, adaptive reward weights, resume, export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_agents.environments import py_environment
+from tf_agents.specs import array_spec
+from tf_agents.trajectories import time_step as ts
+
+from tfmarl.rl.multiagent import (AdaptiveReward, Facets, MultiAgentRoles, MultiAgentTrainer, allocate_slots,
+                                  build_facets, compose_slate, kmeans, slate_diversity)
+
+N, K, B, D, F = 12, 2, 16, 4, 4
+ITEMS = np.arange(2, 2 + N)  # item indices of the fixed candidate list
+ITEM_FACET = np.zeros(2 + N, np.int32)
+ITEM_FACET[2:] = np.arange(N) % F  # facets 0..3 in turn; facets {0, 1} = domain 0, {2, 3} = domain 1
+FACETS = Facets(ITEM_FACET, np.eye(F, D, dtype=np.float32), np.array([0, 0, 1, 1], np.int32))
+VECTORS = np.zeros((2 + N, D), np.float32)
+VECTORS[2:] = np.eye(F, D)[ITEM_FACET[2:]] + 0.01 * np.arange(N)[:, None]
+
+
+class _Config:
+    slate_size, max_steps = K, 5
+
+
+class _Session:
+    config = _Config()
+
+
+class FacetWorld(py_environment.PyEnvironment):
+    """A known answer: users of group A (state +1) click the first slate item of facet ``good_a``,
+    users of group B (state -1) the first of facet ``good_b``; nothing else is clicked. Sessions last
+    5 steps."""
+
+    def __init__(self, good_a=0, good_b=2, seed=0):
+        super().__init__(handle_auto_reset=False)
+        self.good = (good_a, good_b)
+        self._rng = np.random.default_rng(seed)
+        self.session, self.num_candidates = _Session(), N
+        self._spec = {
+            "history": array_spec.BoundedArraySpec((3,), np.int32, 0, N + 1, name="history"),
+            "step": array_spec.BoundedArraySpec((), np.int32, 0, 5, name="step"),
+            "candidates": array_spec.BoundedArraySpec((N,), np.int32, 0, N + 1, name="candidates"),
+            "user_state": array_spec.ArraySpec((D,), np.float32, name="user_state"),
+            "candidate_facets": array_spec.BoundedArraySpec((N,), np.int32, 0, F - 1, name="candidate_facets")}
+        self.last_info = {}
+
+    batched = property(lambda self: True)
+    batch_size = property(lambda self: B)
+    observation_spec = lambda self: self._spec  # noqa: E731
+    action_spec = lambda self: array_spec.BoundedArraySpec((K,), np.int32, 0, N - 1)  # noqa: E731
+
+    def _observation(self):
+        state = np.zeros((B, D), np.float32)
+        state[:, 0] = self._group * 2.0 - 1.0
+        return {"history": np.zeros((B, 3), np.int32), "step": self._steps.copy(),
+                "candidates": np.tile(ITEMS, (B, 1)).astype(np.int32), "user_state": state,
+                "candidate_facets": np.tile(ITEM_FACET[ITEMS], (B, 1))}
+
+    def _reset(self):
+        self._group = self._rng.integers(0, 2, B)
+        self._steps = np.zeros(B, np.int32)
+        self._done = np.zeros(B, bool)
+        return ts.TimeStep(np.zeros(B, np.int32), np.zeros(B, np.float32), np.ones(B, np.float32), self._observation())
+
+    def _step(self, positions):
+        restart = self._done.copy()
+        good = np.where(self._group == 1, self.good[0], self.good[1])
+        facet = ITEM_FACET[ITEMS[positions]]
+        hit = facet == good[:, None]
+        click = hit.any(1) & ~restart
+        slot = np.where(click, hit.argmax(1), -1)
+        self.last_info = {"click": click.astype(np.float32), "satisfaction": click.astype(np.float32),
+                          "conversion": np.zeros(B, np.float32), "chosen_slot": slot.astype(np.int32)}
+        self._steps = np.where(restart, 0, self._steps + 1).astype(np.int32)
+        if restart.any():
+            self._group[restart] = self._rng.integers(0, 2, restart.sum())
+        self._done = self._steps >= 5
+        step_type = np.where(restart, 0, np.where(self._done, 2, 1)).astype(np.int32)
+        return ts.TimeStep(step_type, click.astype(np.float32), np.where(self._done, 0.0, 1.0).astype(np.float32),
+                           self._observation())
+
+
+def make_trainer(env, tmp=None, **role_kwargs):
+    tf.keras.utils.set_random_seed(0)
+    roles = MultiAgentRoles(env, VECTORS, FACETS, gamma=0.5, learning_rate=5e-3, hidden_units=(16,),
+                            target_update_period=20, **role_kwargs)
+    trainer = MultiAgentTrainer(roles, env, VECTORS, np.ones(2 + N), batch_size=32, warmup_steps=5, epsilon=0.2,
+                                checkpoint_dir=tmp, reward=AdaptiveReward({"diversity": 0.0}))
+    return roles, trainer
+
+
+@pytest.fixture(scope="module")
+def trained():
+    env = FacetWorld()
+    roles, trainer = make_trainer(env)
+    result = trainer.run(250, log_every=50)
+    return env, roles, result
+
+
+def group_observation(env, group):
+    env.reset()
+    env._group[:] = group
+    return {k: tf.constant(v) for k, v in env._observation().items()}
+
+
+def test_user_agent_learns_which_facet_pays_for_each_group(trained):
+    env, roles, _ = trained
+    for group, good in ((1, 0), (0, 2)):
+        probs = roles.facet_probabilities(roles.values(group_observation(env, group))[0]).numpy()
+        assert probs.argmax(1).tolist() == [good] * B, (group, probs[0])
+
+
+def test_content_agents_and_composed_slate_serve_the_paying_facet(trained):
+    env, roles, _ = trained
+    for group, good in ((1, 0), (0, 2)):
+        positions, _ = roles.act(group_observation(env, group))
+        facets = ITEM_FACET[ITEMS[positions.numpy()]]
+        assert (facets == good).any(1).all()
+        # The owning Content agent values its paying facet's items above its other facet's.
+        owner = roles.content[FACETS.facet_domain[good]]
+        q = owner._q_network(group_observation(env, group))[0].numpy()[0]
+        paying = ITEM_FACET[ITEMS] == good
+        other = ITEM_FACET[ITEMS] == (good + 1)
+        assert q[paying].mean() > q[other].mean()
+
+
+def test_critic_learns_values_and_training_improves_return(trained):
+    env, roles, result = trained
+    obs = group_observation(env, 1)
+    q = roles.critic._q_network(obs)[0].numpy()[0]
+    assert q[ITEM_FACET[ITEMS] == 0].mean() > q[ITEM_FACET[ITEMS] == 3].mean()
+    returns = [p["session_return"] for p in result.curve if "session_return" in p]
+    assert returns[-1] > returns[0] and returns[-1] > 3.5  # 5 steps, up to one click each
+
+
+def test_temperature_tracks_the_entropy_target(trained):
+    _, roles, result = trained
+    assert result.curve[-1]["temperature"] != pytest.approx(1.0)
+    assert abs(result.curve[-1]["facet_entropy"] - roles.target_entropy) < 0.5
+
+
+def test_adaptive_reward_weights_follow_their_constraints():
+    reward = AdaptiveReward({"diversity": 0.5, "satisfaction": 1.0}, learning_rate=0.5, momentum=0.0)
+    for _ in range(5):  # diversity violated, satisfaction met
+        reward.update({"diversity": np.full(8, 0.2), "satisfaction": np.full(8, 2.0)})
+    assert reward.weights["diversity"] > 0.5 and reward.weights["satisfaction"] == 0.0
+    for _ in range(10):  # now diversity is met: its multiplier decays back to 0
+        reward.update({"diversity": np.full(8, 0.9), "satisfaction": np.full(8, 2.0)})
+    assert reward.weights["diversity"] == 0.0 and reward.weights["click"] == 1.0
+    fixed = AdaptiveReward({"diversity": 0.5}, adapt=False)
+    fixed.update({"diversity": np.zeros(4)})
+    assert fixed.weights["diversity"] == 0.0
+    signals = {"click": np.array([1.0, 0.0]), "satisfaction": np.array([2.0, 0.0]), "conversion": np.zeros(2),
+               "diversity": np.array([0.5, 0.5]), "novelty": np.zeros(2)}
+    r = AdaptiveReward({"diversity": 0.0}, initial={"diversity": 2.0}).reward(signals)
+    np.testing.assert_allclose(r, [2.0, 1.0])
+    with pytest.raises(FloatingPointError):
+        AdaptiveReward().reward(dict(signals, click=np.array([np.nan, 0.0])))
+    with pytest.raises(ValueError, match="unknown signal"):
+        AdaptiveReward({"dwell": 1.0})
+
+
+def test_reward_weights_move_during_training_when_a_floor_is_violated():
+    env = FacetWorld()
+    tf.keras.utils.set_random_seed(0)
+    roles = MultiAgentRoles(env, VECTORS, FACETS, hidden_units=(8,))
+    reward = AdaptiveReward({"diversity": 5.0, "novelty": 0.0})  # diversity can never reach 5
+    trainer = MultiAgentTrainer(roles, env, VECTORS, np.ones(2 + N), reward=reward, warmup_steps=2)
+    result = trainer.run(20, log_every=5)
+    weights = [p["weight/diversity"] for p in result.curve]
+    assert weights == sorted(weights) and weights[-1] > 0
+    assert all(p["weight/novelty"] == 0.0 for p in result.curve)
+
+
+def test_composition_fills_allocations_and_breaks_ties_deterministically():
+    probs = tf.constant([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    quota = allocate_slots(probs, 3, sample=False).numpy()
+    assert quota.sum(1).tolist() == [3, 3] and quota[1].tolist() == [0, 0, 0, 3]
+    sampled = allocate_slots(probs, 3, sample=True, seed=1).numpy()
+    assert sampled.sum(1).tolist() == [3, 3] and sampled[1, 3] == 3
+    facets = tf.constant([[0, 0, 1, 1, 3, 3]] * 2)
+    content = tf.constant([[1.0, 2.0, 5.0, 0.0, 9.0, 8.0]] * 2)
+    positions, _ = compose_slate(probs, content, None, facets, 3)
+    # Row 0: 3 x [0.5, 0.5] -> 1.5 each; the extra slot goes to the lower facet: facet 0 gets 2, facet 1 one.
+    assert set(positions.numpy()[0]) == {0, 1, 2}
+    # Row 1: facet 3 gets all 3 slots but has only two items; the best remaining item fills the third.
+    assert set(positions.numpy()[1]) == {4, 5, 2}
+
+
+def test_facets_cluster_item_vectors():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 6) * 5
+    vectors = np.concatenate([np.zeros((2, 6)), np.repeat(centres, 20, 0) + rng.normal(size=(60, 6))])
+    facets = build_facets(vectors, 3, 2, seed=0)
+    labels = facets.item_facet[2:].reshape(3, 20)
+    assert all(len(set(row)) == 1 for row in labels) and len({row[0] for row in labels}) == 3
+    assert facets.num_domains == 2 and facets.item_facet[:2].tolist() == [0, 0]
+    with pytest.raises(ValueError):
+        kmeans(vectors, 0)
+    assert slate_diversity(np.array([[[1.0, 0], [1.0, 0]], [[1.0, 0], [0, 1.0]]])).round(6).tolist() == [0.0, 1.0]
+
+
+def test_ablations_construct_and_train():
+    for kwargs in ({"use_critic": False}, {"num_content_agents": 1}):
+        roles, trainer = make_trainer(FacetWorld(), **kwargs)
+        assert ("critic" in roles.agents) == kwargs.get("use_critic", True)
+        assert len(roles.content) == (1 if "num_content_agents" in kwargs else 2)
+        result = trainer.run(12, log_every=6)
+        assert any(k.startswith("loss/") for k in result.curve[-1])
+    with pytest.raises(ValueError, match="num_content_agents"):
+        MultiAgentRoles(FacetWorld(), VECTORS, FACETS, num_content_agents=3)
+
+
+def test_interrupted_training_resumes_every_role(tmp_path):
+    roles, trainer = make_trainer(FacetWorld(), tmp=tmp_path)
+    trainer.run(30, checkpoint_every=10)
+    saved = {name: agent._q_network.variables[0].numpy().copy() for name, agent in roles.agents.items()}
+    saved_weights = dict(trainer.reward.weights)
+    saved_temperature = float(roles.log_temperature.numpy())
+    fresh_roles, fresh = make_trainer(FacetWorld(seed=1), tmp=tmp_path)
+    assert int(fresh.global_step.numpy()) == 30
+    for name, agent in fresh_roles.agents.items():
+        np.testing.assert_allclose(agent._q_network.variables[0].numpy(), saved[name])
+    assert float(fresh_roles.log_temperature.numpy()) == pytest.approx(saved_temperature)
+    assert fresh.reward.weights == saved_weights
+    assert int(fresh.replay.num_frames()) > 0
+    result = fresh.run(40)
+    assert result.start_step == 30 and result.steps == 40
+
+
+def test_streaming_exports_refreshed_versions_and_they_load_without_tfmarl(tmp_path, trained_cycle_model):
+    """Streaming mode with the real pipeline: candidates from a pretrained model, the policy keeps
+    learning and a new SavedModel version appears at each interval."""
+    from tfmarl.data import generate_synthetic, build_sequences
+    from tfmarl.envs import SessionConfig, SessionEnvironment, fit_user_model
+    from tfmarl.envs.candidates import CandidateSessionEnvironment
+    from tfmarl.export import export_candidate_recommender, multiagent_scorer
+    from tfmarl.rl import CandidateRetriever
+
+    model = trained_cycle_model  # items m0..m29
+    interactions = generate_synthetic(n_users=60, n_items=30, interactions_per_user=12, seed=0)
+    interactions.log["item_id"] = "m" + (interactions.log["item_id"].astype(int) - 1).astype(str)
+    interactions.items.index = "m" + (interactions.items.index.astype(int) - 1).astype(str)
+    interactions.items.index.name = "item_id"
+    user_model = fit_user_model(interactions, model.item_vocabulary, dim=4, seed=0)
+    retriever = CandidateRetriever(model, num_candidates=12)
+    facets = build_facets(retriever.item_vectors, 4, 2, seed=0)
+    env = CandidateSessionEnvironment(
+        SessionEnvironment(user_model, SessionConfig(slate_size=3, history_length=5), batch_size=8, seed=0),
+        retriever, 12, include_state=True, item_facets=facets.item_facet)
+    roles = MultiAgentRoles(env, retriever.item_vectors, facets, hidden_units=(8,))
+    trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, np.ones(model.num_items), warmup_steps=2)
+    export = lambda step: export_candidate_recommender(  # noqa: E731
+        model, multiagent_scorer(roles, model, facets, history_length=5), tmp_path / "marl",
+        variables=roles.variables, k=3, num_candidates=12, metadata={"step": step})
+    result = trainer.run(12, export_every=6, export_fn=export)
+    assert [os.path.basename(p) for p in result.exports] == ["1", "2"]
+    code = f"""
+import json, sys, tensorflow as tf
+serve = tf.saved_model.load({str(tmp_path / 'marl' / '2')!r}).signatures["serving_default"]
+out = serve(history=tf.constant([["m1", "m2", ""], ["", "", ""], ["zz", "m5", ""]]))
+print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "scores": out["scores"].numpy().tolist(),
+                   "leaked": [m for m in ("tfmarl", "tf_agents") if m in sys.modules]}}))
+"""
+    env_vars = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_vars)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["leaked"] == [] and len(out["ids"]) == 3 and all(len(r) == 3 for r in out["ids"])
+    assert not {"m1", "m2"} & set(out["ids"][0]) and "m5" not in out["ids"][2]
+    assert all(len(set(r)) == 3 for r in out["ids"])
+    assert np.isfinite(out["scores"]).all()
+    info = json.loads((tmp_path / "marl" / "2" / "assets.extra" / "tfmarl.json").read_text())
+    assert info["step"] == 12

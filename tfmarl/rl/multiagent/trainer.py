@@ -1,0 +1,235 @@
+"""`MultiAgentTrainer`: centralised training of the three roles from one joint replay buffer.
+
+Each environment step stores one *joint transition* per session: the shared observation, every
+role's action (critic: the consumed candidate; User agent: its facet; each Content agent: the
+consumed candidate if it was theirs, else their best-placed slate item), every role's reward
+(global reward for critic and User agent, difference reward for Content agents) and a weight
+(0 for a Content agent with no item on the slate). Every step all roles train on the same
+sampled batch, the User agent's temperature follows its entropy target and the System agent's
+reward weights take a dual-ascent step. Checkpoints hold every agent, the replay buffer, the
+temperature, the step and the reward weights; a second `run` with the same directory resumes.
+With ``export_every`` the policy is exported as a new SavedModel version at that interval while
+it keeps learning (streaming mode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+from tf_agents.replay_buffers import tf_uniform_replay_buffer
+from tf_agents.specs import tensor_spec
+from tf_agents.trajectories import trajectory
+from tf_agents.utils import common
+
+from tfmarl.data.vocab import atomic_write_text
+from tfmarl.rl.multiagent.reward import AdaptiveReward, novelty_table, slate_diversity
+from tfmarl.rl.policies import explore_positions
+
+REWARD_STATE_FILE = "reward_weights.json"
+
+
+@dataclasses.dataclass
+class MultiAgentTrainResult:
+    start_step: int
+    steps: int
+    seconds: float
+    env_steps_per_second: float
+    train_steps_per_second: float
+    curve: list
+    exports: list
+
+
+class MultiAgentTrainer:
+    """Trains `MultiAgentRoles` in a `CandidateSessionEnvironment` (with ``include_state`` and
+    ``item_facets``).
+
+    Args:
+      roles: the agents.
+      env: the environment.
+      item_vectors: pretrained item vectors (diversity signal) [num_items, D].
+      item_counts: training popularity (novelty signal) [num_items].
+      reward: the System agent's `AdaptiveReward` (default: clicks only, fixed).
+      epsilon: per-slot exploration (float or step -> float).
+      checkpoint_dir, log_dir: resumable checkpoints and TensorBoard.
+    """
+
+    def __init__(self, roles, env, item_vectors, item_counts, *, reward: AdaptiveReward | None = None,
+                 batch_size: int = 128, replay_capacity: int = 50_000, warmup_steps: int = 20, epsilon=0.05,
+                 seed: int = 0, checkpoint_dir=None, log_dir=None):
+        self.roles, self.env = roles, env
+        self.reward = reward or AdaptiveReward(adapt=False)
+        self._vectors = np.asarray(item_vectors, np.float32)
+        self._novelty = novelty_table(item_counts)
+        self._epsilon = epsilon if callable(epsilon) else (lambda _: float(epsilon))
+        self._rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._warmup = warmup_steps
+        b = env.batch_size
+        observation_spec = tensor_spec.from_spec(env.time_step_spec()).observation
+        names = list(roles.agents)
+        scalar = lambda dtype: tf.TensorSpec((), dtype)  # noqa: E731
+        self._spec = {"step_type": scalar(tf.int32), "next_step_type": scalar(tf.int32), "discount": scalar(tf.float32),
+                      "observation": observation_spec, "actions": {n: scalar(tf.int32) for n in names},
+                      "rewards": {n: scalar(tf.float32) for n in names},
+                      "weights": {n: scalar(tf.float32) for n in names}}
+        self.replay = tf_uniform_replay_buffer.TFUniformReplayBuffer(self._spec, batch_size=b,
+                                                                     max_length=max(replay_capacity // b, 2))
+        self.global_step = tf.Variable(0, dtype=tf.int64, name="marl_env_step")
+        self._checkpoint_dir = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._checkpointer = None
+        if self._checkpoint_dir is not None:
+            self._checkpointer = common.Checkpointer(
+                str(self._checkpoint_dir), max_to_keep=1, replay_buffer=self.replay, global_step=self.global_step,
+                log_temperature=roles.log_temperature, **roles.agents)
+            self._checkpointer.initialize_or_restore()
+            state_file = self._checkpoint_dir / REWARD_STATE_FILE
+            if state_file.exists():
+                self.reward.load_state(json.loads(state_file.read_text()))
+        self._writer = (tf.summary.create_file_writer(str(log_dir)) if log_dir is not None
+                        else tf.summary.create_noop_writer())
+        self._iterator = iter(self.replay.as_dataset(sample_batch_size=batch_size, num_steps=2,
+                                                     num_parallel_calls=2).prefetch(2))
+        self._act = tf.function(lambda obs: roles.act(obs, sample=True))
+        self._train_step = common.function(self._train)
+        self._facet_owner = roles.facet_owner.numpy()
+        self.weight_history = []
+
+    # --- one environment step --------------------------------------------------------------
+    def _joint_transition(self, time_step, positions, next_step):
+        env, roles = self.env, self.roles
+        info = env.last_info
+        b = env.batch_size
+        rows = np.arange(b)
+        candidates = np.asarray(time_step.observation["candidates"])
+        facets = np.asarray(time_step.observation["candidate_facets"])
+        slot = np.asarray(info["chosen_slot"])
+        clicked = slot >= 0
+        consumed = positions[rows, np.maximum(slot, 0)]
+        owner_slots = self._facet_owner[np.take_along_axis(facets, positions, axis=1)]  # [B, K]
+        consumed_owner = owner_slots[rows, np.maximum(slot, 0)]
+        items = np.take_along_axis(candidates, positions, axis=1)
+        signals = {"click": info["click"], "satisfaction": info["satisfaction"], "conversion": info["conversion"],
+                   "diversity": slate_diversity(self._vectors[items]),
+                   "novelty": self._novelty[items].mean(axis=1)}
+        active = ~np.asarray(time_step.is_last())
+        self.reward.update(signals, mask=active)
+        w = self.reward.weights
+        item_reward = sum(w[s] * np.asarray(signals[s], np.float64) for s in ("click", "satisfaction", "conversion"))
+        total = self.reward.reward(signals)
+        actions = {"user": facets[rows, consumed]}
+        rewards = {"user": total}
+        weights = {"user": np.ones(b, np.float32)}
+        if roles.critic is not None:
+            actions["critic"], rewards["critic"], weights["critic"] = consumed, total, np.ones(b, np.float32)
+        for m in range(len(roles.content)):
+            mine = owner_slots == m
+            first_mine = positions[rows, np.argmax(mine, axis=1)]
+            own_click = clicked & (consumed_owner == m)
+            actions[f"content_{m}"] = np.where(own_click, consumed, first_mine)
+            # Difference reward: without this agent's item the click (and its item-level reward) would
+            # not have happened; slate-level terms are the User agent's and the critic's.
+            rewards[f"content_{m}"] = np.where(own_click, item_reward, 0.0).astype(np.float32)
+            weights[f"content_{m}"] = mine.any(axis=1).astype(np.float32)
+        transition = {"step_type": time_step.step_type, "next_step_type": next_step.step_type,
+                      "discount": next_step.discount, "observation": time_step.observation,
+                      "actions": {k: np.asarray(v, np.int32) for k, v in actions.items()},
+                      "rewards": {k: np.asarray(v, np.float32) for k, v in rewards.items()},
+                      "weights": weights}
+        return transition, signals, total
+
+    def add_transitions(self, transitions: dict) -> None:
+        """Ingests joint transitions (this trainer's replay layout, leading dimension = env batch),
+        e.g. logged feedback streamed from elsewhere."""
+        self.replay.add_batch(tf.nest.map_structure(tf.convert_to_tensor, transitions))
+
+    # --- one training step -----------------------------------------------------------------
+    def _train(self, sample):
+        losses = {}
+        for name, agent in self.roles.agents.items():
+            experience = trajectory.Trajectory(
+                step_type=sample["step_type"], observation=sample["observation"], action=sample["actions"][name],
+                policy_info=(), next_step_type=sample["next_step_type"], reward=sample["rewards"][name],
+                discount=sample["discount"])
+            losses[name] = agent.train(experience, weights=sample["weights"][name][:, 0]).loss
+        first = tf.nest.map_structure(lambda t: t[:, 0], sample["observation"])
+        losses["entropy"] = self.roles.update_temperature(first)
+        return losses
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, num_steps: int, *, log_every: int = 50, checkpoint_every: int = 500, export_every: int | None = None,
+            export_fn=None) -> MultiAgentTrainResult:
+        """Steps the environment until the step counter reaches ``num_steps`` (resuming from a
+        checkpoint if there is one), training every step. ``export_fn(step)`` runs every
+        ``export_every`` steps (streaming: a refreshed SavedModel version while learning)."""
+        env = self.env
+        b = env.batch_size
+        start = int(self.global_step.numpy())
+        time_step = env.reset()
+        stats = {"return": np.zeros(b), "clicks": np.zeros(b), "steps": np.zeros(b)}
+        finished, window, curve, exports = [], {}, [], []
+        began, train_steps = time.perf_counter(), 0
+        for step_index in range(start, num_steps):
+            observation = {k: tf.convert_to_tensor(v) for k, v in time_step.observation.items()}
+            positions, _ = self._act(observation)
+            positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index), self._rng)
+            next_step = env.step(positions.astype(np.int32))
+            transition, signals, total = self._joint_transition(time_step, positions, next_step)
+            self.add_transitions(transition)
+            active = ~np.asarray(time_step.is_last())
+            stats["return"] += np.where(active, signals["click"], 0.0)
+            stats["clicks"] += np.where(active, signals["click"], 0.0)
+            stats["steps"] += active
+            for key in ("diversity", "satisfaction", "novelty"):
+                window.setdefault(key, []).append(float(np.mean(np.asarray(signals[key])[active])) if active.any() else 0.0)
+            window.setdefault("shaped_reward", []).append(float(total[active].mean()) if active.any() else 0.0)
+            ended = active & np.asarray(next_step.is_last())
+            for i in np.flatnonzero(ended):
+                finished.append((stats["return"][i], stats["clicks"][i] / max(stats["steps"][i], 1), stats["steps"][i]))
+            for values in stats.values():
+                values[ended] = 0.0
+            time_step = next_step
+            self.global_step.assign_add(1)
+            done = step_index + 1
+            if done - start > self._warmup:
+                sample, _ = next(self._iterator)
+                for name, value in self._train_step(sample).items():
+                    window.setdefault(f"loss/{name}" if name != "entropy" else "facet_entropy", []).append(float(value))
+                train_steps += 1
+            if done % log_every == 0 or done == num_steps:
+                point = {"step": done, "temperature": float(self.roles.temperature.numpy()),
+                         **{k: float(np.mean(v)) for k, v in window.items()},
+                         **{f"weight/{k}": v for k, v in self.reward.weights.items()}}
+                if finished:
+                    values = np.array(finished)
+                    point.update(session_return=float(values[:, 0].mean()), ctr=float(values[:, 1].mean()),
+                                 session_length=float(values[:, 2].mean()))
+                curve.append(point)
+                self.weight_history.append({"step": done, **self.reward.weights})
+                with self._writer.as_default():
+                    for key, value in point.items():
+                        if key == "step":
+                            continue
+                        tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"marl/{key}")
+                        tf.summary.scalar(tag, value, step=done)
+                finished, window = [], {}
+            if self._checkpointer is not None and (done % checkpoint_every == 0 or done == num_steps):
+                self.save()
+            if export_every and export_fn is not None and done % export_every == 0:
+                exports.append(str(export_fn(done)))
+        self._writer.flush()
+        seconds = time.perf_counter() - began
+        steps = max(num_steps - start, 0)
+        return MultiAgentTrainResult(start, num_steps, seconds, steps * b / max(seconds, 1e-9),
+                                     train_steps / max(seconds, 1e-9), curve, exports)
+
+    def save(self) -> None:
+        """Checkpoints every agent, the replay buffer, the temperature, the step and the reward weights."""
+        if self._checkpointer is None:
+            raise ValueError("this trainer has no checkpoint_dir")
+        self._checkpointer.save(self.global_step)
+        atomic_write_text(self._checkpoint_dir / REWARD_STATE_FILE, json.dumps(self.reward.state()))
