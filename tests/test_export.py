@@ -103,3 +103,18 @@ def test_saved_model_cli_shows_the_signature(exported):
     assert "inputs['history'] tensor_info:" in text and "dtype: DT_STRING" in text
     assert "outputs['item_ids'] tensor_info:" in text and "outputs['scores'] tensor_info:" in text
     assert "shape: (-1, -1)" in text and "shape: (-1, 5)" in text
+
+
+def test_brute_force_index_matches_exact_scoring(tmp_path, trained_cycle_model):
+    histories = tf.constant([["m3", "m4", "m5", ""], ["", "", "", ""], [f"m{i}" for i in range(0, 8, 2)],
+                             ["m29", "bogus", "m0", "m1"]])
+    answers = {}
+    for retrieval in ("brute_force", "exact"):
+        path = export_recommender(trained_cycle_model, tmp_path / retrieval, retrieval=retrieval)
+        out = tf.saved_model.load(str(path)).signatures["serving_default"](history=histories)
+        answers[retrieval] = (out["item_ids"].numpy(), out["scores"].numpy())
+        assert json.loads((path / "assets.extra" / "tfmarl.json").read_text())["retrieval"] == retrieval
+    np.testing.assert_array_equal(answers["brute_force"][0], answers["exact"][0])
+    np.testing.assert_allclose(answers["brute_force"][1], answers["exact"][1], rtol=1e-5)
+    with pytest.raises(ValueError, match="retrieval"):
+        export_recommender(trained_cycle_model, tmp_path / "x", retrieval="annoy")

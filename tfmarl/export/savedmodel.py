@@ -16,10 +16,13 @@ import pathlib
 import shutil
 import tempfile
 import time
+import types
 
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 import tfmarl
+from tfmarl.agents.blocks import NEG_INF
 from tfmarl.agents.system import mask_excluded
 from tfmarl.data.vocab import NUM_RESERVED, OOV_INDEX, PAD_INDEX, Vocabulary
 
@@ -45,33 +48,80 @@ def lookup_table(vocabulary: Vocabulary) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=OOV_INDEX)
 
 
-class RecommenderServing(tf.Module):
-    """`serving_default` for a model with ``score_catalog(history [B, L] int) -> [B, N]``.
+RETRIEVALS = ("brute_force", "scann", "exact")
 
-    Holds the model's variables (not the Keras object, whose own traces would bloat the export).
+
+class ItemIndex(tfrs.layers.factorized_top_k.BruteForce):
+    """TFRS brute-force top-K index over the whole catalog whose vectors also serve as the item
+    table for encoding histories (one copy of the catalog in the export)."""
+
+    @property
+    def vectors(self):
+        return self._candidates
+
+
+class RecommenderServing(tf.Module):
+    """`serving_default` for a `SequentialRecommender`.
+
+    The catalog's item vectors are computed once at export time and frozen into the SavedModel
+    (a request then costs one history encoding plus one retrieval, whatever the catalog size).
+    Retrieval: ``"brute_force"`` (TFRS `BruteForce` index: top ``K + excluded`` candidates, then
+    the history and reserved indices are removed), ``"scann"`` (TFRS `ScaNN`, approximate; needs
+    the `scann` package), or ``"exact"`` (masked scores over the whole catalog). Pairwise
+    (MLP/DCN) system agents always use ``"exact"``. Holds variables only, not the Keras objects.
     """
 
-    def __init__(self, model, vocabulary: Vocabulary, k: int, max_length: int):
+    def __init__(self, model, vocabulary: Vocabulary, k: int, max_length: int, retrieval: str = "brute_force"):
         super().__init__(name="tfmarl_recommender")
         if vocabulary.size != model.num_items:
             raise ValueError(f"vocabulary has {vocabulary.size} indices, model {model.num_items}")
-        self._score = model.score_catalog
-        self.model_variables = list(model.variables)
+        if retrieval not in RETRIEVALS:
+            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
+        factorized = model.system_agent.is_factorized
+        self.retrieval = retrieval if factorized else "exact"
+        vectors = model.item_vectors(training=False)
+        self.k = min(int(k), vocabulary.size - NUM_RESERVED)
+        self.max_length = int(max_length)
+        identifiers = tf.range(vocabulary.size, dtype=tf.int32)
+        if self.retrieval == "scann":
+            try:
+                import scann  # noqa: F401
+            except ImportError as e:
+                raise ImportError("retrieval='scann' needs the scann package (pip install scann)") from e
+            self.index = tfrs.layers.factorized_top_k.ScaNN(k=self.k, num_reordering_candidates=max(100, 4 * self.k))
+            self.item_vectors = tf.Variable(vectors, trainable=False, name="item_vectors")
+            self.index.index(vectors, identifiers)
+        else:
+            self.index = ItemIndex(k=self.k)
+            self.index.index(vectors, identifiers)
+            self.item_vectors = self.index.vectors
+        # Plain namespace: not tracked, so only variables (not the Keras objects) are exported.
+        self._fn = types.SimpleNamespace(user_agent=model.user_agent, system_agent=model.system_agent)
+        self.model_variables = list(model.user_agent.variables) + list(model.system_agent.variables)
         self.table = lookup_table(vocabulary)
         self.item_strings = tf.constant(["", "[OOV]"] + vocabulary.tokens, tf.string)
-        self.k = min(int(k), vocabulary.size)
-        self.max_length = int(max_length)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def serve(self, history):
         indices = history_indices(self.table, history)
-        scores = self._score(last_known(indices, self.max_length), training=False)
-        top = tf.math.top_k(mask_excluded(scores, indices), k=self.k)
-        return {"item_ids": tf.gather(self.item_strings, top.indices), "scores": top.values}
+        window = last_known(indices, self.max_length)
+        state = self._fn.user_agent(tf.gather(self.item_vectors, window), mask=window > 0, training=False)
+        if self.retrieval == "exact":
+            scores = self._fn.system_agent.score(state, self.item_vectors)
+            top = tf.math.top_k(mask_excluded(scores, indices), k=self.k)
+            items, values = top.indices, top.values
+        else:
+            # Enough neighbours that K remain after dropping the history and reserved indices.
+            extra = tf.shape(indices)[1] + NUM_RESERVED
+            values, items = self.index(state, k=self.k + extra)
+            excluded = (items < NUM_RESERVED) | tf.reduce_any(items[:, :, None] == indices[:, None, :], axis=-1)
+            top = tf.math.top_k(tf.where(excluded, NEG_INF, values), k=self.k)
+            items, values = tf.gather(items, top.indices, batch_dims=1), top.values
+        return {"item_ids": tf.gather(self.item_strings, items), "scores": values}
 
 
 def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = None, *, k: int | None = None,
-                       metadata: dict | None = None) -> pathlib.Path:
+                       retrieval: str = "brute_force", metadata: dict | None = None) -> pathlib.Path:
     """Exports ``model`` as version ``<n+1>`` under ``export_dir``; returns that version's path.
 
     The SavedModel is written to a hidden temporary directory beside the versions and renamed into
@@ -83,14 +133,16 @@ def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = N
       export_dir: the model base path, e.g. "savedmodels/movies".
       item_vocabulary: defaults to ``model.item_vocabulary``.
       k: slate size (default: the system agent's k, else 10).
+      retrieval: "brute_force" (TFRS index), "scann" (approximate, needs scann) or "exact".
       metadata: extra JSON-serialisable facts stored in ``assets.extra/tfmarl.json``.
     """
     vocabulary = item_vocabulary or getattr(model, "item_vocabulary", None)
     if vocabulary is None:
         raise ValueError("the model has no item_vocabulary: pass item_vocabulary= to export string ids")
     k = k or getattr(getattr(model, "system_agent", None), "k", 10)
-    module = RecommenderServing(model, vocabulary, k, model.max_length)
+    module = RecommenderServing(model, vocabulary, k, model.max_length, retrieval)
     info = {"tfmarl_version": tfmarl.__version__, "k": module.k, "max_length": module.max_length,
+            "retrieval": module.retrieval,
             "num_items": int(model.num_items), "signature": SIGNATURE_KEY, "created": time.time(),
             **(metadata or {})}
     return write_version(export_dir, lambda path: _save(module, path, info))
