@@ -1,104 +1,181 @@
-"""The `tfmarl` command line."""
+"""The `tfmarl` command line: one config drives data -> pretrain -> RL -> evaluate -> export.
+
+    tfmarl quickstart                 the full multi-agent pipeline on built-in synthetic data
+    tfmarl train CONFIG               every stage (resumable; finished stages are skipped)
+    tfmarl evaluate CONFIG            ranking + simulated-session metrics (runs missing stages)
+    tfmarl simulate CONFIG            roll out policies in the fitted simulator
+    tfmarl export CONFIG              write a new SavedModel version
+    tfmarl serve --model_base_path P  a local server speaking TF Serving's REST API
+    tfmarl config                     print the default config (a starting point for CONFIG)
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
+import os
 import sys
 import time
 
-
-def _stage(title: str):
-    print(f"\n== {title}", flush=True)
-    return time.perf_counter()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def quickstart(args) -> int:
-    """Synthetic data -> pretrain the agents -> evaluate -> export, in a few minutes on 2 cores."""
-    import numpy as np
-
+def _pipeline(args, config=None):
     import tfmarl  # noqa: F401  (selects tf_keras before TensorFlow loads)
-    import tensorflow as tf
+    from tfmarl.cli.config import load_config
+    from tfmarl.cli.pipeline import Pipeline
 
-    from tfmarl.agents import ContentAgent
-    from tfmarl.cli.report import format_table
-    from tfmarl.data import build_item_features, build_sequences, generate_synthetic, leave_one_out
-    from tfmarl.evaluation import evaluate_ranking
-    from tfmarl.export import export_recommender
-    from tfmarl.training import SequentialRecommender, pretrain
+    config = config or load_config(args.config)
+    if getattr(args, "run_dir", None):
+        config.run_dir = args.run_dir
+    return Pipeline(config, fresh=getattr(args, "fresh", False), progress=not getattr(args, "no_progress", False))
 
-    run_dir = pathlib.Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tf.keras.utils.set_random_seed(args.seed)
+
+def cmd_quickstart(args) -> int:
+    from tfmarl.cli.config import default_config
+
+    config = default_config()
+    config.run_dir = args.run_dir
+    config.export.dir = args.export_dir
     started = time.perf_counter()
-
-    t = _stage(f"data: synthetic catalog of {args.items} items, {args.users} users (seed {args.seed})")
-    interactions = generate_synthetic(n_users=args.users, n_items=args.items, interactions_per_user=40,
-                                      seed=args.seed)
-    sequences, vocab = build_sequences(interactions)
-    split = leave_one_out(sequences)
-    features = build_item_features(interactions, vocab, title_length=8, text_vocabulary_size=500)
-    print(f"{interactions}; train targets {split.train.num_interactions}, test users {len(split.test)} "
-          f"({time.perf_counter() - t:.1f}s)")
-
-    t = _stage("pretrain: transformer User agent + Content agent (ids, categories, title tokens), full softmax")
-    content = ContentAgent(vocab.size, dim=64, name="content_agent", **features.content_agent_kwargs())
-    content.set_item_features(features)
-    model = SequentialRecommender(item_vocabulary=vocab, content_agent=content, max_length=args.max_length,
-                                  item_frequencies=np.bincount(split.train.items, minlength=vocab.size))
-    result = pretrain(model, split.train, split.valid, epochs=args.epochs, patience=3,
-                      log_dir=run_dir / "tensorboard", checkpoint_dir=run_dir / "checkpoints",
-                      verbose=1 if sys.stdout.isatty() else 2)
-    print(f"{result.epochs} epochs, best {result.best_epoch} (val NDCG@10 {result.best_metric:.4f}); "
-          f"{result.targets_per_second:,.0f} targets/s ({time.perf_counter() - t:.1f}s)")
-
-    t = _stage("evaluate: full-catalog ranking of each test user's next item (history excluded)")
-    counts = tf.constant(np.bincount(split.train.items, minlength=vocab.size).astype("float32"))
-
-    class MostPopular:
-        num_items, max_length = vocab.size, args.max_length
-
-        def score_catalog(self, history):
-            return tf.tile(counts[None, :], [tf.shape(history)[0], 1])
-
-    rows = []
-    for name, scorer in (("most popular", MostPopular()), ("tfmarl transformer", model)):
-        m = evaluate_ranking(scorer, split.test, ks=(10,))
-        rows.append({"model": name, **{k: m[k] for k in ("hr@10", "ndcg@10", "mrr@10", "coverage@10")}})
-    print(format_table(rows, ["model", "hr@10", "ndcg@10", "mrr@10", "coverage@10"]))
-    (run_dir / "metrics.json").write_text(json.dumps(rows, indent=2))
-
-    t = _stage(f"export: SavedModel under {args.export_dir}")
-    path = export_recommender(model, args.export_dir, metadata={"source": "tfmarl quickstart"})
-    user = 0
-    example = vocab.decode(split.test.user_history(user)[-5:]).tolist()
-    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    answer = serve(history=tf.constant([example]))["item_ids"].numpy().astype(str)[0].tolist()
-    print(f"wrote {path}\nrequest  {json.dumps({'instances': [{'history': example}]})}\n"
-          f"response item_ids {answer}")
-    print(f"\ndone in {time.perf_counter() - started:.0f}s. TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    pipeline = _pipeline(args, config)
+    state = pipeline.run()
+    _summary(pipeline, state)
+    print(f"\ndone in {time.perf_counter() - started:.0f}s: report {pipeline.run_dir / 'report.md'}; "
+          f"TensorBoard: tensorboard --logdir {pipeline.run_dir / 'tensorboard'}")
     return 0
 
 
+def _summary(pipeline, state) -> None:
+    from tfmarl.cli.report import format_table
+
+    metrics = state.get("metrics", {})
+    if metrics.get("ranking"):
+        r = metrics["ranking"]
+        print("\nNext-item ranking (test split, full catalog):")
+        print(format_table([{"model": "pretrained", **r}], ["model"] + [k for k in r if "@" in k]))
+    if metrics.get("online"):
+        print(f"\nSimulated sessions, held-out users ({metrics['episodes']} per policy):")
+        print(format_table([{"policy": k, **v} for k, v in metrics["online"].items()],
+                           ["policy", "return_mean", "ctr_mean", "session_length_mean", "diversity", "coverage"]))
+
+
+def cmd_train(args) -> int:
+    pipeline = _pipeline(args)
+    stages = args.stages.split(",") if args.stages else None
+    state = pipeline.run(stages) if stages else pipeline.run()
+    _summary(pipeline, state)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    pipeline = _pipeline(args)
+    _summary(pipeline, pipeline.run(["evaluate"]))
+    return 0
+
+
+def cmd_export(args) -> int:
+    pipeline = _pipeline(args)
+    marker = pipeline.run_dir / "stages" / "export.json"
+    if marker.exists():
+        marker.unlink()  # an explicit export always writes a new version
+    state = pipeline.run(["export"])
+    print(state["export"]["path"])
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    import numpy as np
+
+    pipeline = _pipeline(args)
+    state = pipeline.run(["rl"])
+    from tfmarl.cli.report import format_table
+    from tfmarl.envs import SessionEnvironment, run_episodes
+    from tfmarl.rl import GreedySlatePolicy, PopularSlatePolicy, RandomSlatePolicy
+
+    session = pipeline._session_config()
+    k = session.slate_size
+    makers = {"random": lambda: RandomSlatePolicy(state["vocab"].size, k, seed=args.seed),
+              "popular": lambda: PopularSlatePolicy(state["counts"], k),
+              "greedy": lambda: GreedySlatePolicy(state["retriever"], k), "learned": pipeline.learned_policy}
+    rows = []
+    for name in args.policies.split(","):
+        if name not in makers:
+            raise SystemExit(f"unknown policy {name!r}; choose from {', '.join(makers)}")
+        policy = makers[name]()
+        if policy is None:
+            raise SystemExit("no learned policy: the config's rl.algorithm is 'none'")
+        env = SessionEnvironment(state["user_model"], session, batch_size=100, users=args.users, seed=args.seed)
+        r = run_episodes(env, policy, args.episodes)
+        rows.append({"policy": name, "return": float(np.mean(r["return"])), "ctr": float(np.mean(r["ctr"])),
+                     "length": float(np.mean(r["length"])), "diversity": r["diversity"], "coverage": r["coverage"]})
+    print(format_table(rows, ["policy", "return", "ctr", "length", "diversity", "coverage"]))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from tfmarl.cli.config import default_config, dump_config
+
+    print(dump_config(default_config()), end="")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from tfmarl.serving.server import run
+
+    return run(args) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfmarl", description="Multi-agent RL recommenders on TensorFlow.")
+    parser = argparse.ArgumentParser(prog="tfmarl", description="Multi-agent RL recommenders on TensorFlow.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    q = commands.add_parser("quickstart", help="synthetic data -> pretrain -> evaluate -> export")
+
+    def with_config(name, help_text, func):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("config", help="YAML config (see `tfmarl config`)")
+        sub.add_argument("--run-dir", help="override the config's run_dir")
+        sub.add_argument("--fresh", action="store_true", help="delete the run directory first")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+        sub.set_defaults(func=func)
+        return sub
+
+    q = commands.add_parser("quickstart", help="the full multi-agent pipeline on built-in synthetic data")
     q.add_argument("--run-dir", default="runs/quickstart")
     q.add_argument("--export-dir", default="savedmodels/quickstart")
-    q.add_argument("--users", type=int, default=3000)
-    q.add_argument("--items", type=int, default=1000)
-    q.add_argument("--epochs", type=int, default=15)
-    q.add_argument("--max-length", type=int, default=50)
-    q.add_argument("--seed", type=int, default=0)
-    q.set_defaults(func=quickstart)
+    q.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_quickstart)
+    train = with_config("train", "run every stage (resumable)", cmd_train)
+    train.add_argument("--stages", help="comma-separated stages to run up to, e.g. data,pretrain")
+    with_config("evaluate", "ranking and simulated-session metrics", cmd_evaluate)
+    with_config("export", "export a new SavedModel version", cmd_export)
+    simulate = with_config("simulate", "roll out policies in the fitted simulator", cmd_simulate)
+    simulate.add_argument("--policies", default="random,popular,greedy,learned")
+    simulate.add_argument("--episodes", type=int, default=500)
+    simulate.add_argument("--users", default="heldout", choices=["train", "heldout", "all"])
+    simulate.add_argument("--seed", type=int, default=0)
+    commands.add_parser("config", help="print the default YAML config").set_defaults(func=cmd_config)
+    serve = commands.add_parser("serve", help="serve a model base path over TF Serving's REST API")
+    try:
+        from tfmarl.serving.server import add_arguments
+    except ImportError:  # the server module is optional at parse time only
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from tfmarl.cli.config import ConfigError
+    from tfmarl.data.errors import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as e:
+        print(f"tfmarl: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 import types
@@ -19,7 +18,7 @@ import tensorflow as tf
 
 import tfmarl
 from tfmarl.agents.system import mask_excluded
-from tfmarl.export.savedmodel import (METADATA_FILE, SIGNATURE_KEY, history_indices, last_known, lookup_table,
+from tfmarl.export.savedmodel import (SIGNATURE_KEY, history_indices, last_known, lookup_table, save_servable,
                                       write_version)
 
 
@@ -120,7 +119,7 @@ class CandidateRecommenderServing(tf.Module):
 
 
 def export_candidate_recommender(model, score, export_dir, *, variables=(), k: int = 10, num_candidates: int = 50,
-                                 metadata: dict | None = None) -> pathlib.Path:
+                                 metadata: dict | None = None, warmup: bool = True) -> pathlib.Path:
     """Exports retrieval (``model``, a pretrained `SequentialRecommender` with an item
     vocabulary) followed by a learned candidate scorer as version ``<n+1>`` of ``export_dir``.
 
@@ -128,6 +127,7 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
       score: ``(history int32 [B, L], candidates int32 [B, N]) -> scores [B, N]``, e.g.
         `q_network_scorer` or `bandit_scorer`.
       variables: the scorer's variables (so the SavedModel holds them).
+      warmup: also write TF Serving warm-up requests.
     """
     vocabulary = getattr(model, "item_vocabulary", None)
     if vocabulary is None:
@@ -139,12 +139,8 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
     info = {"tfmarl_version": tfmarl.__version__, "k": k, "num_candidates": num_candidates, "signature": SIGNATURE_KEY,
             "num_items": int(model.num_items), "created": time.time(), **(metadata or {})}
 
-    def save(path):
-        tf.saved_model.save(module, str(path), signatures={SIGNATURE_KEY: module.serve})
-        (path / "assets.extra").mkdir(exist_ok=True)
-        (path / "assets.extra" / METADATA_FILE).write_text(json.dumps(info, indent=2))
-
-    return write_version(export_dir, save)
+    warm = (vocabulary, pathlib.Path(export_dir).name) if warmup else None
+    return write_version(export_dir, lambda path: save_servable(module, path, info, warm))
 
 
 def _right_window(history, length: int):

@@ -121,7 +121,8 @@ class RecommenderServing(tf.Module):
 
 
 def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = None, *, k: int | None = None,
-                       retrieval: str = "brute_force", metadata: dict | None = None) -> pathlib.Path:
+                       retrieval: str = "brute_force", metadata: dict | None = None,
+                       warmup: bool = True) -> pathlib.Path:
     """Exports ``model`` as version ``<n+1>`` under ``export_dir``; returns that version's path.
 
     The SavedModel is written to a hidden temporary directory beside the versions and renamed into
@@ -135,6 +136,7 @@ def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = N
       k: slate size (default: the system agent's k, else 10).
       retrieval: "brute_force" (TFRS index), "scann" (approximate, needs scann) or "exact".
       metadata: extra JSON-serialisable facts stored in ``assets.extra/tfmarl.json``.
+      warmup: also write TF Serving warm-up requests (``assets.extra/tf_serving_warmup_requests``).
     """
     vocabulary = item_vocabulary or getattr(model, "item_vocabulary", None)
     if vocabulary is None:
@@ -145,14 +147,22 @@ def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = N
             "retrieval": module.retrieval,
             "num_items": int(model.num_items), "signature": SIGNATURE_KEY, "created": time.time(),
             **(metadata or {})}
-    return write_version(export_dir, lambda path: _save(module, path, info))
+    warm = (vocabulary, pathlib.Path(export_dir).name) if warmup else None
+    return write_version(export_dir, lambda path: save_servable(module, path, info, warm))
 
 
-def _save(module, path: pathlib.Path, info: dict) -> None:
+def save_servable(module, path: pathlib.Path, info: dict, warmup=None) -> None:
+    """Saves ``module`` (its ``serve`` as `serving_default`), the metadata file and, with
+    ``warmup=(vocabulary, model_name)``, TF Serving warm-up requests built from the vocabulary."""
     tf.saved_model.save(module, str(path), signatures={SIGNATURE_KEY: module.serve})
     extra = path / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / METADATA_FILE).write_text(json.dumps(info, indent=2))
+    if warmup is not None:
+        from tfmarl.export.warmup import default_warmup_histories, write_warmup_requests
+
+        vocabulary, model_name = warmup
+        write_warmup_requests(path, default_warmup_histories(vocabulary), model_name=model_name)
 
 
 def existing_versions(export_dir) -> list[int]:

@@ -50,8 +50,18 @@ def _writer(log_dir):
     return tf.summary.create_file_writer(str(log_dir)) if log_dir is not None else tf.summary.create_noop_writer()
 
 
+def progress_range(start: int, stop: int, enabled: bool, description: str):
+    """``range(start, stop)``, with a tqdm progress bar when ``enabled``."""
+    if not enabled:
+        return range(start, stop)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(start, stop), initial=start, total=stop, desc=description, unit="step", dynamic_ncols=True)
+
+
 def train_bandit(agent, env, num_rounds: int, *, exploration_epsilon: float = 0.0, seed: int = 0, log_dir=None,
-                 checkpoint_dir=None, checkpoint_every: int = 100, log_every: int = 10, ope_log=None) -> TrainResult:
+                 checkpoint_dir=None, checkpoint_every: int = 100, log_every: int = 10, ope_log=None,
+                 progress: bool = False) -> TrainResult:
     """Runs ``num_rounds`` rounds of a per-arm bandit agent in ``env`` (a batched per-arm
     py environment such as `PerArmBanditEnvironment`), training on each round's batch.
 
@@ -73,7 +83,7 @@ def train_bandit(agent, env, num_rounds: int, *, exploration_epsilon: float = 0.
     curve, began = [], time.perf_counter()
     batch = env.batch_size
     rewards_window, regret_window = [], []
-    for round_index in range(start, num_rounds):
+    for round_index in progress_range(start, num_rounds, progress, "bandit"):
         observation = time_step.observation
         tf_step = _to_tensors(ts.TimeStep(np.full(batch, ts.StepType.FIRST, np.int32), np.zeros(batch, np.float32),
                                           np.ones(batch, np.float32), observation))
@@ -129,7 +139,7 @@ def linear_schedule(start: float, end: float, steps: int):
 
 def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, replay_capacity: int = 50_000,
               warmup_steps: int = 20, epsilon=0.1, seed: int = 0, log_dir=None, checkpoint_dir=None,
-              checkpoint_every: int = 500, log_every: int = 50) -> TrainResult:
+              checkpoint_every: int = 500, log_every: int = 50, progress: bool = False) -> TrainResult:
     """Collects with the Q-network's top-K slate policy (ε-exploration per slot) in ``env`` (a
     `CandidateSessionEnvironment`), stores (observation, consumed candidate, reward, next
     observation) in a uniform replay buffer, and trains ``agent`` on 2-step samples every step.
@@ -156,7 +166,7 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
     session_return, session_clicks, session_steps = np.zeros(batch), np.zeros(batch), np.zeros(batch)
     finished, losses, q_means, curve = [], [], [], []
     train_steps, began = 0, time.perf_counter()
-    for step_index in range(start, num_steps):
+    for step_index in progress_range(start, num_steps, progress, "dqn"):
         policy.epsilon = epsilon_fn(step_index)
         q = policy.q_values(time_step.observation)
         positions = policy.positions_from_q(q)

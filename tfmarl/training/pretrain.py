@@ -27,7 +27,7 @@ class PretrainResult:
 def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 128,
              learning_rate: float = 1e-3, stride: int | None = None, patience: int | None = 3,
              monitor: str = "val_ndcg@10", log_dir=None, checkpoint_dir=None, seed: int = 0,
-             verbose=1, callbacks=(), optimizer=None) -> PretrainResult:
+             verbose=1, callbacks=(), optimizer=None, histogram_freq: int = 0) -> PretrainResult:
     """Trains ``model`` (a `SequentialRecommender`) on next-item prediction with ``fit``.
 
     Args:
@@ -35,7 +35,8 @@ def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 12
       valid: an `EvalSet` ranked after every epoch (full catalog); enables early stopping on
         ``monitor`` and keeps the best epoch's weights.
       patience: epochs without improvement before stopping (None: never stop early).
-      log_dir: TensorBoard directory (scalars per epoch, validation metrics included).
+      log_dir: TensorBoard directory (scalars per epoch, validation metrics included; with
+        ``histogram_freq`` > 0, histograms of every weight, embeddings included, every that many epochs).
       checkpoint_dir: where an interrupted run's state is backed up each epoch; calling
         `pretrain` again with the same directory resumes from the last finished epoch.
       optimizer: defaults to Adam(learning_rate).
@@ -63,7 +64,7 @@ def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 12
         cbs.append(tf.keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience,
                                                     restore_best_weights=True))
     if log_dir is not None:
-        cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
+        cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0, histogram_freq=histogram_freq))
     if checkpoint_dir is not None:
         checkpoint_dir = pathlib.Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from tf_agents.utils import common
 
 from tfmarl.data.vocab import atomic_write_text
 from tfmarl.rl.multiagent.reward import AdaptiveReward, novelty_table, slate_diversity
+from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
 
 REWARD_STATE_FILE = "reward_weights.json"
@@ -162,7 +163,7 @@ class MultiAgentTrainer:
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, num_steps: int, *, log_every: int = 50, checkpoint_every: int = 500, export_every: int | None = None,
-            export_fn=None) -> MultiAgentTrainResult:
+            export_fn=None, progress: bool = False) -> MultiAgentTrainResult:
         """Steps the environment until the step counter reaches ``num_steps`` (resuming from a
         checkpoint if there is one), training every step. ``export_fn(step)`` runs every
         ``export_every`` steps (streaming: a refreshed SavedModel version while learning)."""
@@ -173,7 +174,7 @@ class MultiAgentTrainer:
         stats = {"return": np.zeros(b), "clicks": np.zeros(b), "steps": np.zeros(b)}
         finished, window, curve, exports = [], {}, [], []
         began, train_steps = time.perf_counter(), 0
-        for step_index in range(start, num_steps):
+        for step_index in progress_range(start, num_steps, progress, "multi-agent"):
             observation = {k: tf.convert_to_tensor(v) for k, v in time_step.observation.items()}
             positions, _ = self._act(observation)
             positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index), self._rng)
@@ -216,6 +217,11 @@ class MultiAgentTrainer:
                             continue
                         tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"marl/{key}")
                         tf.summary.scalar(tag, value, step=done)
+                    q_user, content_q, critic_q = self.roles.values(observation)
+                    tf.summary.histogram("marl/facet_probabilities", self.roles.facet_probabilities(q_user), step=done)
+                    tf.summary.histogram("marl/content_q", content_q, step=done)
+                    if critic_q is not None:
+                        tf.summary.histogram("marl/critic_q", critic_q, step=done)
                 finished, window = [], {}
             if self._checkpointer is not None and (done % checkpoint_every == 0 or done == num_steps):
                 self.save()

@@ -1,0 +1,384 @@
+"""The main job: data -> pretrain -> simulator -> RL -> evaluate -> export -> report.
+
+Each stage writes its outputs under the run directory and a marker ``stages/<stage>.json`` holding
+a hash of the configuration it depends on. Running again skips finished stages whose inputs did
+not change (and resumes an interrupted pretraining or RL stage from its checkpoints); a change
+re-runs that stage and everything after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from tfmarl.cli.config import Config, dump_config
+from tfmarl.data.vocab import atomic_write_text
+
+STAGES = ("data", "pretrain", "simulator", "rl", "evaluate", "export", "report")
+# The config sections each stage's outputs depend on (its own and all earlier stages').
+DEPENDS = {"data": ("seed", "data"), "pretrain": ("pretrain",), "simulator": ("simulator",), "rl": ("rl",),
+           "evaluate": ("evaluate",), "export": ("export",), "report": ()}
+
+
+class Pipeline:
+    """Runs the stages of `Config` in order, resumably (see the module docstring).
+
+    Args:
+      config: the validated configuration.
+      fresh: delete the run directory first.
+      progress: progress bars on long loops.
+      out: where progress lines go.
+    """
+
+    def __init__(self, config: Config, *, fresh: bool = False, progress: bool = True, out=sys.stdout):
+        self.config = config
+        self.run_dir = pathlib.Path(config.run_dir)
+        if fresh and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", dump_config(config))
+        self.progress = progress
+        self.out = out
+        self.state: dict = {}
+        self.timings: dict = {}
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def _hash(self, stage: str) -> str:
+        cfg = self.config.to_dict()
+        upto = STAGES[: STAGES.index(stage) + 1]
+        keys = [k for s in upto for k in DEPENDS[s]]
+        return hashlib.sha256(json.dumps({k: cfg[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _done(self, stage: str) -> bool:
+        marker = self.run_dir / "stages" / f"{stage}.json"
+        if not marker.exists():
+            return False
+        return json.loads(marker.read_text()).get("config_hash") == self._hash(stage)
+
+    def _mark(self, stage: str, seconds: float, **extra) -> None:
+        atomic_write_text(self.run_dir / "stages" / f"{stage}.json",
+                          json.dumps({"config_hash": self._hash(stage), "seconds": seconds,
+                                      "finished": time.time(), **extra}, indent=2))
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def run(self, stages=STAGES) -> dict:
+        """Runs ``stages`` (and the earlier stages they need); returns the collected results."""
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+        last = max(STAGES.index(s) for s in stages)
+        invalid = False
+        for stage in STAGES[: last + 1]:
+            reuse = not invalid and self._done(stage)
+            started = time.perf_counter()
+            self.say(f"\n== {stage}{' (finished earlier: loading)' if reuse else ''}")
+            getattr(self, f"stage_{stage}")(reuse)
+            seconds = time.perf_counter() - started
+            self.timings[stage] = seconds
+            if not reuse:
+                invalid = True  # later stages depend on this one's fresh outputs
+                self._mark(stage, seconds)
+            self.say(f"   {stage}: {seconds:.1f}s")
+        return self.state
+
+    # --- stages ------------------------------------------------------------------------------
+    def stage_data(self, reuse: bool) -> None:
+        from tfmarl.data import (Vocabulary, build_item_features, build_sequences, generate_synthetic, leave_one_out,
+                                 load_interactions, load_movielens, temporal_split)
+        from tfmarl.data.item_features import ItemFeatures
+
+        cfg = self.config.data
+        if cfg.source == "synthetic":
+            interactions = generate_synthetic(**dataclasses.asdict(cfg.synthetic), seed=self.config.seed)
+        elif cfg.source == "movielens":
+            interactions = load_movielens(cfg.path, on_duplicates=cfg.on_duplicates)
+        else:
+            log = cfg.log
+            interactions = load_interactions(
+                cfg.path, user=log.user, item=log.item, timestamp=log.timestamp, rating=log.rating, event=log.event,
+                items=log.items, item_id=log.item_id, item_title=log.item_title, item_text=log.item_text,
+                item_categories=log.item_categories, on_duplicates=cfg.on_duplicates)
+        data_dir = self.run_dir / "data"
+        if reuse:
+            vocab = Vocabulary.load(data_dir / "vocabulary.json")
+            sequences, _ = build_sequences(interactions, vocab)
+            features = ItemFeatures.load(data_dir / "features")
+        else:
+            sequences, vocab = build_sequences(interactions)
+            f = cfg.features
+            features = build_item_features(interactions, vocab, categories=f.categories, titles=f.titles,
+                                           title_length=f.title_length, text_vocabulary_size=f.text_vocabulary_size)
+            if f.text_preset:
+                from tfmarl.data import embed_item_texts
+
+                features = features.with_text_embeddings(embed_item_texts(interactions, vocab, f.text_preset))
+            vocab.save(data_dir / "vocabulary.json")
+            features.save(data_dir / "features")
+        split = leave_one_out(sequences) if cfg.split == "leave_one_out" else temporal_split(sequences)
+        summary = {"source": cfg.source, "name": interactions.name, "interactions": interactions.num_interactions,
+                   "users": interactions.num_users, "items": interactions.num_items,
+                   "train_targets": split.train.num_interactions, "test_users": len(split.test)}
+        atomic_write_text(data_dir / "summary.json", json.dumps(summary, indent=2))
+        self.say(f"   {interactions}; {summary['train_targets']} train targets, {summary['test_users']} test users")
+        self.state.update(interactions=interactions, vocab=vocab, split=split, features=features, data=summary,
+                          counts=np.bincount(split.train.items, minlength=vocab.size))
+
+    def _build_model(self):
+        import tensorflow as tf
+
+        from tfmarl.agents import ContentAgent, SystemAgent
+        from tfmarl.training import SequentialRecommender, get_strategy
+
+        cfg, s = self.config.pretrain, self.state
+        strategy = get_strategy(cfg.strategy)
+        with strategy.scope():
+            content = ContentAgent(s["vocab"].size, dim=cfg.dim, name="content_agent",
+                                   **s["features"].content_agent_kwargs())
+            content.set_item_features(s["features"])
+            model = SequentialRecommender(
+                item_vocabulary=s["vocab"], content_agent=content, encoder=cfg.encoder, dim=cfg.dim,
+                max_length=cfg.max_length, num_layers=cfg.num_layers, num_heads=cfg.num_heads, dropout=cfg.dropout,
+                loss=cfg.loss, num_negatives=cfg.num_negatives, item_frequencies=s["counts"],
+                system_agent=SystemAgent(k=self.config.export.k, interaction=cfg.interaction, name="system_agent"))
+            model.build_all()
+        tf.keras.utils.set_random_seed(self.config.seed)
+        return model
+
+    def stage_pretrain(self, reuse: bool) -> None:
+        import tensorflow as tf
+
+        from tfmarl.training import pretrain
+        from tfmarl.training.monitoring import write_embedding_projector
+
+        cfg, s = self.config.pretrain, self.state
+        out = self.run_dir / "pretrain"
+        tf.keras.utils.set_random_seed(self.config.seed)
+        model = self._build_model()
+        if reuse:
+            model.load_weights(str(out / "weights" / "model")).expect_partial()
+            history = json.loads((out / "history.json").read_text())
+        else:
+            result = pretrain(model, s["split"].train, s["split"].valid, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                              learning_rate=cfg.learning_rate, patience=cfg.patience, seed=self.config.seed,
+                              log_dir=self.run_dir / "tensorboard" / "pretrain",
+                              checkpoint_dir=out / "checkpoints", histogram_freq=1,
+                              verbose=1 if self.progress and sys.stdout.isatty() else 2)
+            history = {**result.history, "best_epoch": result.best_epoch, "best_val_ndcg@10": result.best_metric,
+                       "targets_per_second": result.targets_per_second, "train_seconds": result.train_seconds}
+            out.mkdir(parents=True, exist_ok=True)
+            model.save_weights(str(out / "weights" / "model"))
+            atomic_write_text(out / "history.json", json.dumps(history, indent=2))
+            interactions = s["interactions"]
+            titles = (interactions.items["title"].to_dict() if interactions.items is not None else {})
+            labels = [""] * 2 + [titles.get(t, t) or t for t in s["vocab"].tokens]
+            write_embedding_projector(self.run_dir / "tensorboard" / "pretrain" / "projector",
+                                      model.item_vectors(training=False).numpy()[2:], labels[2:],
+                                      ids=s["vocab"].tokens)
+            self.say(f"   best epoch {result.best_epoch}: val NDCG@10 {result.best_metric:.4f}; "
+                     f"{result.targets_per_second:,.0f} targets/s")
+        s.update(model=model, pretrain=history)
+
+    def stage_simulator(self, reuse: bool) -> None:
+        from tfmarl.envs import UserModel, fit_user_model
+
+        cfg, s = self.config.simulator, self.state
+        path = self.run_dir / "simulator" / "user_model.npz"
+        if reuse:
+            user_model = UserModel.load(path)
+        else:
+            user_model = fit_user_model(s["interactions"], s["vocab"], dim=cfg.dim, heldout_fraction=cfg.heldout_fraction,
+                                        seed=self.config.seed)
+            user_model.save(path)
+        self.say(f"   {user_model}")
+        s["user_model"] = user_model
+
+    def _session_config(self):
+        from tfmarl.envs import SessionConfig
+
+        return SessionConfig(**self.config.simulator.session)
+
+    def stage_rl(self, reuse: bool) -> None:
+        import tensorflow as tf
+
+        from tfmarl.envs import SessionEnvironment
+        from tfmarl.envs.candidates import CandidateSessionEnvironment
+        from tfmarl.rl import CandidateRetriever, linear_schedule
+
+        cfg, s = self.config.rl, self.state
+        out = self.run_dir / "rl"
+        s["retriever"] = CandidateRetriever(s["model"], num_candidates=cfg.candidates)
+        s["rl"] = {"algorithm": cfg.algorithm}
+        if cfg.algorithm == "none":
+            return
+        tf.keras.utils.set_random_seed(self.config.seed)
+        session = SessionEnvironment(s["user_model"], self._session_config(), batch_size=cfg.batch_size,
+                                     users="train", seed=self.config.seed)
+        epsilon = linear_schedule(cfg.epsilon_start, cfg.epsilon_end, max(cfg.steps // 3, 1))
+        log_dir = self.run_dir / "tensorboard" / "rl"
+        steps = 0 if reuse else cfg.steps  # reuse: restore the checkpoint, train no further
+        if cfg.algorithm == "multiagent":
+            result = self._train_multiagent(session, epsilon, steps or cfg.steps, out, log_dir)
+        elif cfg.algorithm == "dqn":
+            from tfmarl.rl import make_dqn_agent, train_dqn
+
+            env = CandidateSessionEnvironment(session, s["retriever"], cfg.candidates)
+            agent, q_network = make_dqn_agent(env, s["model"], gamma=cfg.gamma)
+            result = train_dqn(agent, q_network, env, cfg.steps, epsilon=epsilon, seed=self.config.seed,
+                               log_dir=log_dir, checkpoint_dir=out / "checkpoints", progress=self.progress)
+            s["policy_objects"] = {"agent": agent, "q_network": q_network}
+        else:
+            from tfmarl.envs.bandit import PerArmBanditEnvironment
+            from tfmarl.rl import make_bandit_agent, train_bandit
+
+            features = "crossed" if cfg.algorithm in ("linucb", "lints") else "item"
+            env = PerArmBanditEnvironment(s["user_model"], s["retriever"], s["retriever"].item_vectors, cfg.candidates,
+                                          config=self._session_config(), batch_size=cfg.batch_size, users="train",
+                                          seed=self.config.seed, arm_features=features)
+            agent = make_bandit_agent(cfg.algorithm, env, encoding_network_num_train_steps=cfg.steps // 3)
+            result = train_bandit(agent, env, cfg.steps, seed=self.config.seed, log_dir=log_dir,
+                                  checkpoint_dir=out / "checkpoints", progress=self.progress)
+            s["policy_objects"] = {"agent": agent, "arm_features": features}
+        summary = {"algorithm": cfg.algorithm, "steps": cfg.steps, "seconds": result.seconds,
+                   "env_steps_per_second": result.env_steps_per_second,
+                   "train_steps_per_second": result.train_steps_per_second, "curve": result.curve}
+        path = out / "result.json"
+        if reuse and path.exists():
+            summary = json.loads(path.read_text())
+        else:
+            atomic_write_text(path, json.dumps(summary, indent=2, default=float))
+        s["rl"] = summary
+
+    def _train_multiagent(self, session, epsilon, steps, out, log_dir):
+        from tfmarl.envs.candidates import CandidateSessionEnvironment
+        from tfmarl.rl import GreedySlatePolicy
+        from tfmarl.rl.multiagent import (AdaptiveReward, MultiAgentRoles, MultiAgentTrainer, build_facets,
+                                          slate_diversity)
+
+        cfg, s = self.config.rl, self.state
+        ma = cfg.multiagent
+        retriever = s["retriever"]
+        facets = build_facets(retriever.item_vectors, ma.facets, ma.domains, seed=self.config.seed)
+        env = CandidateSessionEnvironment(session, retriever, cfg.candidates, include_state=True,
+                                          item_facets=facets.item_facet)
+        # The diversity floor is stated relative to the greedy two-tower's slates.
+        greedy = GreedySlatePolicy(retriever, session.config.slate_size)
+        time_step = session.reset()
+        greedy_diversity = float(np.mean(slate_diversity(retriever.item_vectors[greedy(time_step.observation)])))
+        floors = {"diversity": ma.diversity_floor * greedy_diversity, "satisfaction": ma.satisfaction_floor}
+        roles = MultiAgentRoles(env, retriever.item_vectors, facets, use_critic=ma.critic, gamma=ma.gamma,
+                                learning_rate=ma.learning_rate)
+        trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, s["counts"],
+                                    reward=AdaptiveReward(floors, adapt=ma.adaptive_reward), epsilon=epsilon,
+                                    seed=self.config.seed, checkpoint_dir=out / "checkpoints", log_dir=log_dir)
+        result = trainer.run(steps, log_every=max(steps // 50, 1), progress=self.progress)
+        s["policy_objects"] = {"roles": roles, "facets": facets, "floors": floors}
+        return result
+
+    def learned_policy(self):
+        """The trained policy as a slate policy over plain session observations (or None)."""
+        import tensorflow as tf
+
+        from tfmarl.rl import BanditSlatePolicy, QSlatePolicy
+
+        s, algorithm = self.state, self.config.rl.algorithm
+        objects, retriever = s.get("policy_objects"), s["retriever"]
+        k = self._session_config().slate_size
+        if algorithm == "none" or objects is None:
+            return None
+        if algorithm == "dqn":
+            return QSlatePolicy(objects["q_network"], k, retriever=retriever)
+        if algorithm != "multiagent":
+            return BanditSlatePolicy(objects["agent"].policy, retriever, k, arm_features=objects["arm_features"])
+        roles, facets = objects["roles"], objects["facets"]
+        act = tf.function(lambda obs: roles.act(obs, sample=False)[0])
+
+        def policy(observation):
+            got = retriever(observation["history"])
+            obs = {"history": observation["history"], "step": observation["step"], "candidates": got["candidates"],
+                   "user_state": got["user_state"], "candidate_facets": facets.item_facet[got["candidates"]]}
+            positions = act({key: tf.convert_to_tensor(v) for key, v in obs.items()}).numpy()
+            return np.take_along_axis(got["candidates"], positions, axis=1)
+
+        return policy
+
+    def stage_evaluate(self, reuse: bool) -> None:
+        from tfmarl.envs import SessionEnvironment, run_episodes
+        from tfmarl.evaluation import evaluate_ranking
+        from tfmarl.rl import GreedySlatePolicy, PopularSlatePolicy, RandomSlatePolicy
+
+        cfg, s = self.config.evaluate, self.state
+        path = self.run_dir / "evaluate" / "metrics.json"
+        if reuse:
+            s["metrics"] = json.loads(path.read_text())
+            return
+        ranking = evaluate_ranking(s["model"], s["split"].test, ks=cfg.ks)
+        session = self._session_config()
+        k = session.slate_size
+        policies = {"random": lambda: RandomSlatePolicy(s["vocab"].size, k, seed=self.config.seed),
+                    "popular": lambda: PopularSlatePolicy(s["counts"], k),
+                    "greedy": lambda: GreedySlatePolicy(s["retriever"], k)}
+        chosen = {name: policies[name]() for name in cfg.baselines}
+        learned = self.learned_policy()
+        if learned is not None:
+            chosen[self.config.rl.algorithm] = learned
+        online = {}
+        for name, policy in chosen.items():
+            env = SessionEnvironment(s["user_model"], session, batch_size=100, users="heldout",
+                                     seed=10_000 + self.config.seed)
+            r = run_episodes(env, policy, cfg.episodes)
+            online[name] = {"return_mean": float(np.mean(r["return"])), "ctr_mean": float(np.mean(r["ctr"])),
+                            "session_length_mean": float(np.mean(r["length"])), "coverage": float(r["coverage"]),
+                            "diversity": float(r["diversity"]),
+                            "satisfaction_mean": float(np.mean(r["satisfaction"]))}
+            self.say(f"   {name:>12}: return {online[name]['return_mean']:.2f}, CTR {online[name]['ctr_mean']:.3f}, "
+                     f"length {online[name]['session_length_mean']:.1f}, diversity {online[name]['diversity']:.3f}")
+        metrics = {"ranking": ranking, "online": online, "episodes": cfg.episodes, "users": "heldout"}
+        atomic_write_text(path, json.dumps(metrics, indent=2))
+        s["metrics"] = metrics
+
+    def stage_export(self, reuse: bool) -> None:
+        from tfmarl.export import (bandit_scorer, export_candidate_recommender, export_recommender, multiagent_scorer,
+                                   q_network_scorer)
+
+        cfg, s = self.config.export, self.state
+        record = self.run_dir / "export.json"
+        if reuse and record.exists():
+            s["export"] = json.loads(record.read_text())
+            self.say(f"   {s['export']['path']}")
+            return
+        algorithm, objects = self.config.rl.algorithm, s.get("policy_objects")
+        model, candidates = s["model"], self.config.rl.candidates
+        meta = {"run_dir": str(self.run_dir), "algorithm": algorithm}
+        if algorithm == "none" or objects is None:
+            path = export_recommender(model, cfg.dir, k=cfg.k, retrieval=cfg.retrieval, metadata=meta,
+                                      warmup=cfg.warmup)
+        else:
+            history_length = self._session_config().history_length
+            if algorithm == "multiagent":
+                score = multiagent_scorer(objects["roles"], model, objects["facets"], history_length=history_length)
+                variables = objects["roles"].variables
+            elif algorithm == "dqn":
+                score, variables = q_network_scorer(objects["q_network"], history_length), objects["q_network"].variables
+            else:
+                score = bandit_scorer(objects["agent"].policy, model, arm_features=objects["arm_features"])
+                variables = objects["agent"].policy.variables()
+            path = export_candidate_recommender(model, score, cfg.dir, variables=variables, k=cfg.k,
+                                                num_candidates=candidates, metadata=meta, warmup=cfg.warmup)
+        s["export"] = {"path": str(path), "model_base_path": cfg.dir}
+        atomic_write_text(record, json.dumps(s["export"], indent=2))
+        self.say(f"   wrote {path}")
+
+    def stage_report(self, reuse: bool) -> None:
+        from tfmarl.cli.report import write_report
+
+        path = write_report(self.run_dir, self.config, self.state, self.timings)
+        self.say(f"   {path}")
