@@ -35,8 +35,11 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
                  include_state: bool = False, item_facets=None):
         super().__init__(handle_auto_reset=False)
         k = env.config.slate_size
-        if not k <= num_candidates <= env.num_items - 2:
-            raise ValueError(f"num_candidates must be in [slate_size={k}, {env.num_items - 2}], got {num_candidates}")
+        # Retrieval excludes the reserved indices and the visible history.
+        largest = env.num_items - 2 - env.config.history_length
+        if not k <= num_candidates <= largest:
+            raise ValueError(f"num_candidates must be in [slate_size={k}, num_items - 2 - history_length={largest}], "
+                             f"got {num_candidates}")
         self._env = env
         self._retrieve = retrieve
         self._n = int(num_candidates)

@@ -2,7 +2,9 @@
 
 - `save_policy`: TF-Agents `PolicySaver` output (signatures ``action``, ``get_initial_state``,
   ``get_train_step``), written as a new version directory. Loading it without TF-Agents needs
-  ``import tensorflow_probability`` first (policies may emit distributions).
+  ``TF_USE_LEGACY_KERAS=1`` and TensorFlow Probability's distributions loaded first
+  (``import tensorflow_probability as tfp; tfp.distributions.Deterministic``: TFP 0.22 imports
+  lazily and registers the distributions' type specs only when they load).
 - `export_candidate_recommender`: the tfmarl serving contract (``history`` strings in,
   ``item_ids``/``scores`` out; see `tfmarl.export.savedmodel`) for retrieval -> learned scorer ->
   slate, so clients send no reward, discount or step type.
@@ -18,8 +20,8 @@ import tensorflow as tf
 
 import tfmarl
 from tfmarl.agents.system import mask_excluded
-from tfmarl.export.savedmodel import (SIGNATURE_KEY, history_indices, last_known, lookup_table, save_servable,
-                                      write_version)
+from tfmarl.agents.blocks import NEG_INF, history_window
+from tfmarl.export.savedmodel import SIGNATURE_KEY, history_indices, lookup_table, save_servable, write_version
 
 
 def save_policy(policy, export_dir, *, batch_size: int | None = None) -> pathlib.Path:
@@ -34,11 +36,12 @@ def q_network_scorer(q_network, history_length: int):
     """Scores candidates with a `CandidateQNetwork` (state at session start: step 0)."""
 
     def score(history, candidates):
-        history = _right_window(history, history_length)
+        history = history_window(history, history_length, history_length)
         step = tf.zeros([tf.shape(history)[0]], tf.int32)
         q, _ = q_network({"history": history, "step": step, "candidates": candidates}, training=False)
         return q
 
+    score.num_candidates = int(q_network.input_tensor_spec["candidates"].shape[0])
     return score
 
 
@@ -74,7 +77,7 @@ def multiagent_scorer(roles, model, facets, *, history_length: int = 20):
     def score(history, candidates):
         items = model.item_vectors(training=False)
         state = model.user_state(history, items, training=False)
-        observation = {"history": _right_window(history, history_length), "step": tf.zeros_like(history[:, 0]),
+        observation = {"history": history_window(history, history_length, history_length), "step": tf.zeros_like(history[:, 0]),
                        "candidates": candidates, "candidate_facets": tf.gather(facet_table, candidates),
                        "user_state": state}
         q_user, content_q, critic_q = roles.values(observation)
@@ -102,17 +105,21 @@ class CandidateRecommenderServing(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def serve(self, history):
         indices = history_indices(self.table, history)
-        window = last_known(indices, self.max_length)
+        window = history_window(indices, self.max_length)
         model = self._fn.model
         items = model.item_vectors(training=False)
         state = model.user_state(window, items, training=False)
-        retrieval = mask_excluded(model.system_agent.score(state, items), indices)
-        candidates = tf.math.top_k(retrieval, k=self.num_candidates).indices
+        retrieval = tf.math.top_k(mask_excluded(model.system_agent.score(state, items), indices), k=self.num_candidates)
+        candidates = retrieval.indices
+        # Users who consumed most of the catalog get masked candidates (padding, OOV, history):
+        # they must never outrank a real one, whatever the scorer says.
+        valid = retrieval.values > NEG_INF / 2
         scores = self._fn.score(window, candidates)
         # A scorer may return (ranking key, reported score): e.g. a composed slate ranks by its
         # composition but reports its critic's values.
         key, reported = scores if isinstance(scores, tuple) else (scores, scores)
-        top = tf.math.top_k(tf.cast(key, tf.float32), k=self.k)
+        key = tf.where(valid, tf.cast(key, tf.float32), 2 * NEG_INF)
+        top = tf.math.top_k(key, k=self.k)
         chosen = tf.gather(candidates, top.indices, batch_dims=1)
         return {"item_ids": tf.gather(self.item_strings, chosen),
                 "scores": tf.gather(tf.cast(reported, tf.float32), top.indices, batch_dims=1)}
@@ -134,6 +141,9 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
         raise ValueError("the retrieval model has no item_vocabulary")
     if not k <= num_candidates <= model.num_items - 2:
         raise ValueError(f"need k <= num_candidates <= {model.num_items - 2}, got k={k}, num_candidates={num_candidates}")
+    expected = getattr(score, "num_candidates", None)
+    if expected is not None and expected != num_candidates:
+        raise ValueError(f"the scorer was built for {expected} candidates, not num_candidates={num_candidates}")
     module = CandidateRecommenderServing(model, score, vocabulary, k=k, num_candidates=num_candidates,
                                          variables=variables)
     info = {"tfmarl_version": tfmarl.__version__, "k": k, "num_candidates": num_candidates, "signature": SIGNATURE_KEY,
@@ -141,11 +151,3 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
 
     warm = (vocabulary, pathlib.Path(export_dir).name) if warmup else None
     return write_version(export_dir, lambda path: save_servable(module, path, info, warm))
-
-
-def _right_window(history, length: int):
-    """Right-padded [B, M] -> the last ``length`` items of each row, right-padded, [B, length]."""
-    known = tf.RaggedTensor.from_tensor(history, padding=0)
-    window = known[:, -length:].to_tensor(default_value=0)
-    pad = tf.maximum(length - tf.shape(window)[1], 0)
-    return tf.pad(window, [[0, 0], [0, pad]])[:, :length]

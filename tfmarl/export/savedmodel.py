@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 import tfmarl
-from tfmarl.agents.blocks import NEG_INF
+from tfmarl.agents.blocks import NEG_INF, history_window
 from tfmarl.agents.system import mask_excluded
 from tfmarl.data.vocab import NUM_RESERVED, OOV_INDEX, PAD_INDEX, Vocabulary
 
@@ -34,12 +34,6 @@ def history_indices(table, history):
     """String ids [B, M] -> int indices [B, M] ("" -> 0, unknown -> OOV)."""
     indices = table.lookup(history)
     return tf.where(tf.equal(history, ""), tf.constant(PAD_INDEX, indices.dtype), indices)
-
-
-def last_known(indices, max_length: int):
-    """Keeps each row's known items (index >= 2) in order, then its last ``max_length``, right-padded."""
-    known = tf.ragged.boolean_mask(indices, indices >= NUM_RESERVED)
-    return known[:, -max_length:].to_tensor(default_value=PAD_INDEX)
 
 
 def lookup_table(vocabulary: Vocabulary) -> tf.lookup.StaticHashTable:
@@ -104,7 +98,7 @@ class RecommenderServing(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def serve(self, history):
         indices = history_indices(self.table, history)
-        window = last_known(indices, self.max_length)
+        window = history_window(indices, self.max_length)
         state = self._fn.user_agent(tf.gather(self.item_vectors, window), mask=window > 0, training=False)
         if self.retrieval == "exact":
             scores = self._fn.system_agent.score(state, self.item_vectors)

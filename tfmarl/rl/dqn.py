@@ -39,6 +39,10 @@ def make_dqn_agent(env, model=None, *, user_agent_config: dict | None = None,
         content_agent_config = content_agent_config or model.content_agent.get_config()
     if user_agent_config is None or content_agent_config is None:
         raise ValueError("pass a pretrained model or both agent configs")
+    history_length = int(env.observation_spec()["history"].shape[0])
+    if user_agent_config.get("encoder") == "transformer" and history_length > user_agent_config["max_length"]:
+        raise ValueError(f"the environment shows {history_length} history items but the transformer User agent "
+                         f"covers max_length={user_agent_config['max_length']}: lower the history length (SessionConfig.history_length)")
     time_step_spec = tensor_spec.from_spec(env.time_step_spec())
     action_spec = tensor_spec.BoundedTensorSpec((), tf.int32, minimum=0, maximum=env.num_candidates - 1,
                                                 name="consumed_candidate")

@@ -128,7 +128,7 @@ def train_bandit(agent, env, num_rounds: int, *, exploration_epsilon: float = 0.
     writer.flush()
     seconds = time.perf_counter() - began
     rounds = max(num_rounds - start, 0)
-    return TrainResult(start, num_rounds, seconds, rounds * batch / max(seconds, 1e-9), rounds / max(seconds, 1e-9),
+    return TrainResult(start, max(start, num_rounds), seconds, rounds * batch / max(seconds, 1e-9), rounds / max(seconds, 1e-9),
                        curve)
 
 
@@ -213,5 +213,5 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
     writer.flush()
     seconds = time.perf_counter() - began
     steps = max(num_steps - start, 0)
-    return TrainResult(start, num_steps, seconds, steps * batch / max(seconds, 1e-9),
+    return TrainResult(start, max(start, num_steps), seconds, steps * batch / max(seconds, 1e-9),
                        train_steps / max(seconds, 1e-9), curve)

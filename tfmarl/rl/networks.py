@@ -107,7 +107,8 @@ class PerArmRewardNetwork(PerArmTowerNetwork):
     def __init__(self, observation_spec, encoding_dim: int | None = None, global_layers=(), arm_layers=(),
                  arm_slice: int | None = None, name="PerArmRewardNetwork"):
         super().__init__(observation_spec, encoding_dim, global_layers, arm_layers, arm_slice, name=name)
-        self._head = tf.keras.layers.Dense(1, name="reward_head")
+        # Starts as sum(T_u ⊙ T_i): the pretrained affinity, like the identity towers.
+        self._head = tf.keras.layers.Dense(1, kernel_initializer="ones", name="reward_head")
 
     def call(self, observation, step_type=None, network_state=(), training=False):
         return tf.squeeze(self._head(self.encode(observation, training)), -1), network_state

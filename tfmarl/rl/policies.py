@@ -59,9 +59,7 @@ class PopularSlatePolicy(SlatePolicy):
 
 def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores per row, best first (ties to the lower index)."""
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    return np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
 
 
 def explore_positions(greedy: np.ndarray, num_candidates: int, epsilon: float, rng: np.random.Generator):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfmarl.agents.blocks import NEG_INF, history_window
 from tfmarl.agents.system import mask_excluded
 
 
@@ -21,7 +22,8 @@ class CandidateRetriever:
 
     Calling it with ``history`` int32 [B, L] (right-padded with 0) returns a dict of numpy arrays:
     ``candidates`` int32 [B, N] (best first), ``scores`` float32 [B, N] (the pretrained scores),
-    ``user_state`` float32 [B, D]. ``item_vectors`` float32 [num_items, D] holds the pretrained
+    ``user_state`` float32 [B, D]. Histories may be padded anywhere; the model reads their last
+    ``max_length`` items. A history that leaves fewer than N items to recommend is an error. ``item_vectors`` float32 [num_items, D] holds the pretrained
     item representations.
     """
 
@@ -39,7 +41,8 @@ class CandidateRetriever:
 
         @tf.function(input_signature=[spec])
         def retrieve(history):
-            state = model.user_state(history[:, -self.max_length:], items, training=False)
+            window = history_window(history, self.max_length)
+            state = model.user_state(window, items, training=False)
             scores = model.system_agent.score(state, items)
             top = tf.math.top_k(mask_excluded(scores, history), k=self.num_candidates)
             return top.indices, top.values, state
@@ -50,15 +53,11 @@ class CandidateRetriever:
         history = np.asarray(history, np.int32)
         if history.ndim != 2:
             raise ValueError(f"history must be [batch, length], got shape {history.shape}")
-        history = _compact_right(history)
         candidates, scores, state = self._retrieve(tf.constant(history))
-        return {"candidates": candidates.numpy(), "scores": scores.numpy(), "user_state": state.numpy()}
-
-
-def _compact_right(history: np.ndarray) -> np.ndarray:
-    """Moves each row's items (> 0) to the left, keeping order, so padding is on the right."""
-    valid = history > 0
-    if valid.all() or not valid.any() or (np.diff(valid.astype(np.int8), axis=1) <= 0).all():
-        return history  # already right-padded
-    order = np.argsort(~valid, axis=1, kind="stable")
-    return np.take_along_axis(history, order, axis=1) * np.take_along_axis(valid, order, axis=1)
+        scores = scores.numpy()
+        if (scores <= NEG_INF / 2).any():
+            row = int(np.flatnonzero((scores <= NEG_INF / 2).any(axis=1))[0])
+            left = int((scores[row] > NEG_INF / 2).sum())
+            raise ValueError(f"history row {row} leaves only {left} items to recommend, fewer than "
+                             f"num_candidates={self.num_candidates}: use fewer candidates")
+        return {"candidates": candidates.numpy(), "scores": scores, "user_state": state.numpy()}

@@ -38,7 +38,6 @@ import logging
 import pathlib
 import re
 import signal
-import socket
 import threading
 import time
 
@@ -52,6 +51,8 @@ DEFAULT_PORT = 8501
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_BATCH_SIZE = 1024
 MAX_HISTORY_LENGTH = 1024
+WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # as TF Serving
 
 _VERSION_DIR = re.compile(r"[0-9]{1,18}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
@@ -251,29 +252,46 @@ class LoadedVersion:
         """Replays ``assets.extra/tf_serving_warmup_requests`` (a failure fails the load, as in TF
         Serving); without that file, one cold-start request (failures only logged). Returns the
         number of requests run."""
-        from tfmarl.export import warmup
-
-        if not warmup.warmup_path(self.path).is_file():
+        path = self.path / "assets.extra" / WARMUP_FILE
+        if not path.is_file():
             try:
                 self.predict(np.array([[b""]], dtype=object))
             except Exception as e:  # noqa: BLE001 - a model may legitimately refuse this request
                 log.warning("version %d: warm-up request failed: %s", self.version, _clip(e, 300))
             return 0
         try:
-            records = warmup.read_warmup_requests(self.path)
+            records = _read_warmup_records(path)
         except ImportError:
             log.warning("tensorflow-serving-api is not installed: warm-up records of version %d skipped",
                         self.version)
             return 0
-        for i, record in enumerate(records):
-            signature = record.predict_log.request.model_spec.signature_name or SIGNATURE_KEY
-            if signature != SIGNATURE_KEY:
+        for i, (signature, inputs) in enumerate(records):
+            if (signature or SIGNATURE_KEY) != SIGNATURE_KEY:
                 raise ValueError(f"warm-up record {i} asks for signature {signature!r}")
-            inputs = warmup.warmup_inputs(record)
             if set(inputs) != {INPUT_NAME}:
                 raise ValueError(f"warm-up record {i} has inputs {sorted(inputs)}, expected ['{INPUT_NAME}']")
             self.predict(inputs[INPUT_NAME])
         return len(records)
+
+
+def _read_warmup_records(path: pathlib.Path) -> list:
+    """(signature name, {input: numpy array}) of each predict record of a TF Serving warm-up file.
+
+    Same format as `tfmarl.export.warmup` writes; read here without importing `tfmarl.export` (which
+    loads TensorFlow Recommenders) to keep the server light.
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = []
+    for raw in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+        record = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
+        if record.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"unsupported warm-up record type {record.WhichOneof('log_type')!r}")
+        request = record.predict_log.request
+        records.append((request.model_spec.signature_name,
+                        {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}))
+    return records
 
 
 # --- the server --------------------------------------------------------------------------------

@@ -230,7 +230,7 @@ class MultiAgentTrainer:
         self._writer.flush()
         seconds = time.perf_counter() - began
         steps = max(num_steps - start, 0)
-        return MultiAgentTrainResult(start, num_steps, seconds, steps * b / max(seconds, 1e-9),
+        return MultiAgentTrainResult(start, max(start, num_steps), seconds, steps * b / max(seconds, 1e-9),
                                      train_steps / max(seconds, 1e-9), curve, exports)
 
     def save(self) -> None:

@@ -1,0 +1,421 @@
+"""Serving latency and throughput of tfmarl exports, in process and through `tfmarl serve`.
+
+    python benchmarks/serving.py --out benchmarks/results/serving.json
+
+For catalogs of 10k, 100k and 1M items: a `SequentialRecommender` (transformer User agent, dim 64,
+max_length 50, 2 layers, k=10) over a synthetic vocabulary ("1".."n", the ids `generate_synthetic`
+uses) is exported with ``export_recommender(..., retrieval="brute_force")`` (TFRS BruteForce index
+frozen in the serving graph). Weights are left randomly initialised: the serving graph's cost does
+not depend on their values. Each size runs in its own process (its peak RSS is its own) and
+records export time and size, p50/p99 latency of the SavedModel signature at batch 1 (histories of
+1-50 random ids) and throughput at batch 32, plus a breakdown of where a batch-1 request spends its
+time. Then the 100k export is served by `python -m tfmarl.serving.server` in a subprocess and
+loaded by concurrent keep-alive HTTP clients (threads of this process, standard library only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import pathlib
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb, write_json  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MODEL = dict(encoder="transformer", dim=64, max_length=50, num_layers=2, num_heads=2, k=10)
+TARGET_P99_MS = 5.0
+
+
+def percentiles(seconds) -> dict:
+    import numpy as np
+
+    ms = np.asarray(seconds) * 1000.0
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "mean_ms": round(float(ms.mean()), 3), "max_ms": round(float(ms.max()), 3)}
+
+
+def dir_mb(path) -> float:
+    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file()) / 2**20
+
+
+def random_histories(rng, n_items: int, count: int) -> list[list[str]]:
+    return [[str(i) for i in rng.integers(1, n_items + 1, size=int(rng.integers(1, 51)))] for _ in range(count)]
+
+
+def timed(fn, calls) -> list[float]:
+    out = []
+    for args in calls:
+        t = time.perf_counter()
+        fn(*args)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+# --- one catalog size (child process) ----------------------------------------------------------
+
+
+def measure_size(n_items: int, workdir: pathlib.Path, requests: int, batch_seconds: float, try_scann: bool) -> dict:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import numpy as np
+
+    import tfmarl  # noqa: F401  (selects tf_keras)
+    import tensorflow as tf
+
+    from tfmarl.data import Vocabulary
+    from tfmarl.export import export_recommender
+    from tfmarl.training import SequentialRecommender
+
+    row = {"n_items": n_items, "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+    t = time.perf_counter()
+    vocab = Vocabulary([str(i) for i in range(1, n_items + 1)])
+    tf.keras.utils.set_random_seed(0)
+    model = SequentialRecommender(item_vocabulary=vocab, dropout=0.0, **MODEL)
+    model.build_all()
+    row["build_seconds"] = round(time.perf_counter() - t, 2)
+    row["rss_after_build_mb"] = round(peak_rss_mb(), 1)
+
+    base = workdir / str(n_items)
+    t = time.perf_counter()
+    path = export_recommender(model, base, retrieval="brute_force")
+    row["export_seconds"] = round(time.perf_counter() - t, 2)
+    row["saved_model_mb"] = round(dir_mb(path), 1)
+    row["saved_model_pb_mb"] = round((path / "saved_model.pb").stat().st_size / 2**20, 2)
+    row["variables_mb"] = round(dir_mb(path / "variables"), 1)
+    row["rss_after_export_mb"] = round(peak_rss_mb(), 1)
+    row["export_path"] = str(path)
+
+    if try_scann:
+        try:
+            export_recommender(model, workdir / "scann", retrieval="scann")
+            row["scann"] = "exported"
+        except ImportError as e:
+            row["scann"] = f"not installed ({e})"
+
+    t = time.perf_counter()
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    row["load_seconds"] = round(time.perf_counter() - t, 2)
+
+    def call(history):
+        out = serve(history=tf.constant(history))
+        return out["item_ids"].numpy(), out["scores"].numpy()
+
+    rng = np.random.default_rng(0)
+    warm = random_histories(rng, n_items, 50)
+    for h in warm:
+        call([h])
+    histories = random_histories(rng, n_items, requests)
+    row["batch1"] = {"requests": requests, **percentiles(timed(call, [([h],) for h in histories]))}
+
+    def pad(rows):
+        width = max(len(r) for r in rows)
+        return [r + [""] * (width - len(r)) for r in rows]
+
+    batches = [pad(random_histories(rng, n_items, 32)) for _ in range(20)]
+    call(batches[0])
+    lat, started = [], time.perf_counter()
+    while time.perf_counter() - started < batch_seconds or len(lat) < 10:
+        t = time.perf_counter()
+        call(batches[len(lat) % len(batches)])
+        lat.append(time.perf_counter() - t)
+    row["batch32"] = {"batches": len(lat), "qps": round(32 * len(lat) / sum(lat), 1), **percentiles(lat)}
+    row["p50_ms"], row["p99_ms"], row["qps_batch32"] = row["batch1"]["p50_ms"], row["batch1"]["p99_ms"], \
+        row["batch32"]["qps"]
+
+    row["peak_rss_mb"] = round(peak_rss_mb(), 1)  # build + export + load + the timed calls
+    row["profile_batch1"] = profile_stages(module_for_profile(model, vocab), serve, histories[:300], warm)
+    row["peak_rss_with_profile_mb"] = round(peak_rss_mb(), 1)
+    row["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return row
+
+
+def module_for_profile(model, vocab):
+    from tfmarl.export import savedmodel as sm
+
+    return sm.RecommenderServing(model, vocab, MODEL["k"], MODEL["max_length"], "brute_force")
+
+
+def profile_stages(module, serve, histories, warm) -> dict:
+    """Where a batch-1 request spends its time (p50 and p99 in ms per stage).
+
+    The serving graph's stages are rebuilt as separate tf.functions from the same module code
+    (`tfmarl.export.savedmodel.RecommenderServing`); each sample runs every stage once, in turn, so
+    all stages see the same machine load.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmarl.data.vocab import NUM_RESERVED
+    from tfmarl.export import savedmodel as sm
+
+    k, dim = module.k, MODEL["dim"]
+    catalog = module.item_vectors  # the BruteForce index's [N, dim] variable (also the item table)
+    dense = tf.convert_to_tensor(catalog)  # a plain tensor with the same values
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string)])
+    def encode(history):
+        indices = sm.history_indices(module.table, history)
+        window = sm.last_known(indices, module.max_length)
+        return module._fn.user_agent(tf.gather(dense, window), mask=window > 0, training=False), indices
+
+    def finish(values, items, indices):
+        excluded = (items < NUM_RESERVED) | tf.reduce_any(items[:, :, None] == indices[:, None, :], axis=-1)
+        top = tf.math.top_k(tf.where(excluded, sm.NEG_INF, values), k=k)
+        return tf.gather(module.item_strings, tf.gather(items, top.indices, batch_dims=1)), top.values
+
+    spec = [tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None, None], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def retrieve_index(state, indices):  # as exported: TFRS BruteForce over the catalog variable
+        values, items = module.index(state, k=k + tf.shape(indices)[1] + NUM_RESERVED)
+        return finish(values, items, indices)
+
+    @tf.function(input_signature=spec)
+    def retrieve_dense(state, indices):  # the same computation on a plain tensor (no variable read)
+        values, items = tf.math.top_k(tf.matmul(state, dense, transpose_b=True), k=k + tf.shape(indices)[1] + NUM_RESERVED)
+        return finish(values, items, indices)
+
+    @tf.function(input_signature=spec[:1])
+    def scores_only(state):
+        return tf.matmul(state, dense, transpose_b=True)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([], tf.int32)])
+    def top_k_only(scores, kk):
+        return tf.math.top_k(scores, k=kk)
+
+    @tf.function
+    def read_catalog():  # one read of the variable: a full copy once it is in copy-on-read mode
+        return tf.convert_to_tensor(catalog)[0, 0]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string)])
+    def trivial(history):
+        return {"item_ids": history[:, :1], "scores": tf.zeros([tf.shape(history)[0], 1])}
+
+    for h in warm[:5]:
+        module.serve(tf.constant([h]))  # also puts the catalog variable in copy-on-read mode, as serving does
+        state, indices = encode(tf.constant([h]))
+        retrieve_index(state, indices)
+        retrieve_dense(state, indices)
+        top_k_only(scores_only(state), tf.constant(k + len(h) + NUM_RESERVED))
+        read_catalog()
+        trivial(tf.constant([h]))
+
+    def fetch(out):
+        return [t.numpy() for t in (out.values() if isinstance(out, dict) else out)]
+
+    stages = {
+        "signature_call: SavedModel serving_default (total)":
+            lambda h, s, i, sc, kk: fetch(serve(history=tf.constant(h))),
+        "trivial_graph_call: python + tf.constant + fetch overhead":
+            lambda h, s, i, sc, kk: fetch(trivial(tf.constant(h))),
+        "encode: string lookup + window + transformer User agent":
+            lambda h, s, i, sc, kk: encode(tf.constant(h))[0].numpy(),
+        "retrieve_as_exported: BruteForce(variable) top-(k+L+2) + exclusion + top-k + ids":
+            lambda h, s, i, sc, kk: fetch(retrieve_index(s, i)),
+        "retrieve_dense: same on a plain tensor (no variable read)":
+            lambda h, s, i, sc, kk: fetch(retrieve_dense(s, i)),
+        "catalog_variable_read: copy of [N, dim] (copy-on-read mode, set by tf.gather on it)":
+            lambda h, s, i, sc, kk: read_catalog().numpy(),
+        "scores_matmul: [1, dim] x [dim, N]":
+            lambda h, s, i, sc, kk: scores_only(s).numpy(),
+        "top_k over N scores (k + L + 2)":
+            lambda h, s, i, sc, kk: top_k_only(sc, kk)[0].numpy(),
+    }
+    samples = []
+    for h in histories:
+        state, indices = encode(tf.constant([h]))
+        samples.append(([h], state, indices, scores_only(state), tf.constant(k + len(h) + NUM_RESERVED)))
+    times = {name: [] for name in stages}
+    names = list(stages)
+    for j, sample in enumerate(samples):
+        for name in names[j % len(names):] + names[:j % len(names)]:  # rotate the order
+            t = time.perf_counter()
+            stages[name](*sample)
+            times[name].append(time.perf_counter() - t)
+    return {name: {key: v for key, v in percentiles(t).items() if key in ("p50_ms", "p99_ms")}
+            for name, t in times.items()}
+
+
+# --- HTTP load (parent process, standard library only) ------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_load(port: int, name: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
+    path = f"/v1/models/{name}:predict"
+    lock = threading.Lock()
+    latencies, errors, samples = [], [], []
+    deadline = time.monotonic() + seconds
+
+    def client(c):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, i = [], c
+        while time.monotonic() < deadline:
+            body = bodies[i % len(bodies)]
+            i += clients
+            t = time.perf_counter()
+            try:
+                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                ok = response.status == 200 and len(json.loads(data)["predictions"][0]["item_ids"]) == MODEL["k"]
+                if not ok:
+                    raise ValueError(f"HTTP {response.status}: {data[:200]!r}")
+                mine.append(time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001 - counted
+                with lock:
+                    errors.append(repr(e)[:300])
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    samples = sorted(set(errors))[:5]
+    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies) + len(errors),
+            "errors": len(errors), "qps": round(len(latencies) / elapsed, 1),
+            **(percentiles(latencies) if latencies else {}), "error_samples": samples}
+
+
+def serve_and_load(base: pathlib.Path, clients: int, seconds: float) -> dict:
+    port = free_port()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log_path = base.parent / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tfmarl.serving.server", "--model_base_path", str(base),
+                                 "--port", str(port), "--poll_seconds", "0"], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    name = base.name
+    try:
+        started = time.monotonic()
+        while True:  # ready once the status route answers 200
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {log_path.read_text()[-2000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", f"/v1/models/{name}")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() - started > 600:
+                raise RuntimeError("the server did not become ready in 600 s")
+            time.sleep(0.5)
+        ready_seconds = time.monotonic() - started
+        rng = random.Random(0)
+        n_items = int(name)
+        bodies = [json.dumps({"instances": [{"history": [str(rng.randint(1, n_items))
+                                                         for _ in range(rng.randint(1, 50))]}]}).encode()
+                  for _ in range(4000)]
+        http_load(port, name, bodies, clients, 5.0)  # warm the connections and the server's threads
+        load_start = [round(x, 2) for x in os.getloadavg()]
+        result = http_load(port, name, bodies, clients, seconds)
+        result.update(model=f"{n_items} items", server_start_to_ready_seconds=round(ready_seconds, 1),
+                      load_average_start=load_start, load_average_end=[round(x, 2) for x in os.getloadavg()])
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                hwm = next(line for line in f if line.startswith("VmHWM"))
+            result["server_peak_rss_mb"] = round(int(hwm.split()[1]) / 1024, 1)
+        except (OSError, StopIteration):
+            pass
+        return result
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/serving.json")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--requests", type=int, default=1000, help="batch-1 requests timed per size")
+    parser.add_argument("--batch_seconds", type=float, default=10.0, help="seconds of batch-32 calls per size")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--server_seconds", type=float, default=60.0)
+    parser.add_argument("--server_size", type=int, default=100000)
+    parser.add_argument("--workdir", default=None, help="where exports go (default: a temporary directory)")
+    parser.add_argument("--note", default=None, help="free text stored in the JSON (run conditions)")
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child: one size
+    parser.add_argument("--one_out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--try_scann", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one is not None:
+        row = measure_size(args.one, pathlib.Path(args.workdir), args.requests, args.batch_seconds, args.try_scann)
+        pathlib.Path(args.one_out).write_text(json.dumps(row))
+        return 0
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="tfmarl-serving-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": "serving", "machine": machine(), "load_average_start": [round(x, 2) for x in os.getloadavg()],
+               "model": {**MODEL, "user_agent": "transformer", "retrieval": "brute_force (TFRS BruteForce in the graph)",
+                         "training": "none: randomly initialised weights (the serving graph's cost does not depend "
+                                     "on their values)"},
+               "target": {"p99_ms_in_process_at_100k": TARGET_P99_MS, "errors_under_load": 0},
+               "in_process": {}}
+    try:
+        for i, n in enumerate(sizes):
+            out = workdir / f"row-{n}.json"
+            cmd = [sys.executable, __file__, "--one", str(n), "--workdir", str(workdir), "--one_out", str(out),
+                   "--requests", str(args.requests), "--batch_seconds", str(args.batch_seconds)]
+            if i == 0:
+                cmd.append("--try_scann")
+            print(f"== {n} items", file=sys.stderr, flush=True)
+            subprocess.run(cmd, check=True, cwd=REPO)
+            row = json.loads(out.read_text())
+            if "scann" in row:
+                payload["scann"] = row.pop("scann")
+            payload["in_process"][str(n)] = row
+            print(json.dumps(row, indent=1), file=sys.stderr, flush=True)
+        if args.server_size in sizes and args.server_seconds > 0:
+            print(f"== server: {args.clients} clients x {args.server_seconds:.0f}s on {args.server_size} items",
+                  file=sys.stderr, flush=True)
+            payload["server"] = serve_and_load(workdir / str(args.server_size), args.clients, args.server_seconds)
+            print(json.dumps(payload["server"], indent=1), file=sys.stderr, flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    at = payload["in_process"].get(str(args.server_size), {})
+    payload["target"].update(p99_ms_in_process_at_100k_measured=at.get("p99_ms"),
+                             met=bool(at) and at["p99_ms"] <= TARGET_P99_MS
+                             and payload.get("server", {}).get("errors", 1) == 0)
+    payload["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    payload["note"] = ("2 logical CPUs shared with other jobs (see the load averages); latencies include "
+                       "building the input tensor and fetching both outputs. HTTP clients run as threads of "
+                       "the benchmark process on the same 2 CPUs as the server.")
+    if args.note:
+        payload["run_note"] = args.note
+    write_json(args.out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
