@@ -23,48 +23,58 @@ WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
 TIMEOUT = 300  # seconds for a whole cluster run (normally well under a minute)
 
 
-def run_tasks(mode, tf_configs, out_paths, log_dir, attempts=2):
-    """Starts one `distributed_worker.py` process per TF_CONFIG, waits for all (killing all on a
-    timeout) and returns their logs. Retries once when a port was taken between picking it and
-    binding it."""
-    for attempt in range(attempts):
-        procs, logs = [], []
-        for i, (config, out) in enumerate(zip(tf_configs, out_paths)):
+class Tasks:
+    """`distributed_worker.py` processes, one per TF_CONFIG from ``configs()`` (called again for
+    fresh ports if a port was taken between picking it and binding it)."""
+
+    def __init__(self, mode, configs, out_paths, log_dir):
+        self.mode, self.configs, self.out_paths, self.log_dir = mode, configs, out_paths, log_dir
+        self.attempt, self.procs, self.logs = 0, [], []
+
+    def start(self):
+        self.procs, self.logs = [], []
+        for i, (config, out) in enumerate(zip(self.configs(), self.out_paths)):
             env = dict(os.environ, TF_USE_LEGACY_KERAS="1", OPENBLAS_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2",
                        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
             env.pop("TF_CONFIG", None)
             if config is not None:
                 env["TF_CONFIG"] = config
-            log = open(os.path.join(log_dir, f"{mode}_{attempt}_{i}.log"), "w+")
-            logs.append(log)
-            procs.append(subprocess.Popen([sys.executable, WORKER, mode, str(out)], env=env, cwd=REPO,
-                                          stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + TIMEOUT
+            log = open(os.path.join(self.log_dir, f"{self.mode}_{self.attempt}_{i}.log"), "w+")
+            self.logs.append(log)
+            self.procs.append(subprocess.Popen([sys.executable, WORKER, self.mode, str(out)], env=env, cwd=REPO,
+                                               stdout=log, stderr=subprocess.STDOUT))
+        self.deadline = time.monotonic() + TIMEOUT
+        return self
+
+    def kill(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def wait(self):
+        """Waits for every task (killing all on a timeout); returns their logs or fails the test."""
         timed_out = False
-        for proc in procs:
+        for proc in self.procs:
             try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 1))
+                proc.wait(timeout=max(self.deadline - time.monotonic(), 1))
             except subprocess.TimeoutExpired:
                 timed_out = True
                 break
-        if timed_out:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        self.kill()
         texts = []
-        for log in logs:
+        for log in self.logs:
             log.seek(0)
             texts.append(log.read())
             log.close()
-        if not timed_out and all(proc.returncode == 0 for proc in procs):
+        if not timed_out and all(proc.returncode == 0 for proc in self.procs):
             return texts
-        port_clash = any("already in use" in text.lower() for text in texts)
-        if not port_clash or attempt == attempts - 1:
-            tails = "\n".join(f"--- task {i} (rc={p.returncode}) ---\n{t[-3000:]}" for i, (p, t) in
-                              enumerate(zip(procs, texts)))
-            pytest.fail(f"{mode} tasks {'timed out' if timed_out else 'failed'}:\n{tails}")
-    raise AssertionError("unreachable")
+        if not timed_out and self.attempt == 0 and any("already in use" in text.lower() for text in texts):
+            self.attempt += 1
+            return self.start().wait()
+        tails = "\n".join(f"--- task {i} (rc={p.returncode}) ---\n{t[-3000:]}" for i, (p, t) in
+                          enumerate(zip(self.procs, texts)))
+        pytest.fail(f"{self.mode} tasks {'timed out' if timed_out else 'failed'}:\n{tails}")
 
 
 # --- cluster descriptions ------------------------------------------------------------------------
@@ -127,7 +137,7 @@ def test_tf_config_errors_name_what_is_missing(monkeypatch):
 def parameter_server_run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("parameter_server")
     out = directory / "result.json"
-    run_tasks("parameter_server", [None], [out], str(directory))
+    Tasks("parameter_server", lambda: [None], [out], str(directory)).start().wait()
     return json.loads(out.read_text())
 
 
@@ -155,40 +165,6 @@ def test_content_agent_looks_up_sharded_tables_in_order(parameter_server_run):
     """`tf.gather` on a `ShardedVariable` returns rows grouped by shard (and refuses 2-D ids);
     `tf.nn.embedding_lookup` keeps the ids' order. The ContentAgent must use the latter."""
     assert parameter_server_run["content_lookup"] == {"catalog": "ok", "unsorted": "ok", "history": "ok"}
-
-
-# --- MultiWorkerMirrored: two worker processes ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def multi_worker_run(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("multi_worker")
-    cluster = cluster_spec(workers=2)
-    outs = [directory / f"worker{i}.npz" for i in range(2)]
-    run_tasks("multi_worker", [tf_config_for("worker", i, cluster) for i in range(2)], outs, str(directory))
-    return [dict(np.load(out)) for out in outs]
-
-
-def test_multi_worker_pretraining_is_identical_on_both_workers(multi_worker_run):
-    first, second = multi_worker_run
-    assert first["num_replicas"] == second["num_replicas"] == 2
-    np.testing.assert_allclose(first["pre_initial"], second["pre_initial"], rtol=0, atol=0)
-    np.testing.assert_allclose(first["pre_final"], second["pre_final"], rtol=1e-6, atol=1e-7)
-    assert np.abs(first["pre_final"] - first["pre_initial"]).max() > 1e-2  # training moved the weights
-    loss = first["pre_loss"]
-    assert loss[-1] < loss[0] and np.isfinite(loss).all()
-    np.testing.assert_allclose(first["pre_loss"], second["pre_loss"], rtol=1e-6)
-    np.testing.assert_allclose(first["pre_ndcg"], second["pre_ndcg"], rtol=1e-6)  # validation callback ran
-
-
-def test_multi_worker_rl_learner_is_identical_on_both_workers(multi_worker_run):
-    first, second = multi_worker_run
-    assert first["rl_steps"] == second["rl_steps"] == 12
-    np.testing.assert_allclose(first["rl_final"], second["rl_final"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(first["rl_target"], second["rl_target"], rtol=1e-6, atol=1e-7)
-    assert np.abs(first["rl_final"] - first["rl_initial"]).max() > 1e-4
-    np.testing.assert_allclose(first["rl_losses"], second["rl_losses"], rtol=1e-5)
-    assert np.isfinite(first["rl_losses"]).all()
 
 
 # --- the learner in this process ---------------------------------------------------------------------
@@ -255,3 +231,54 @@ def test_learner_rejects_agents_built_outside_the_strategy(rl_world, mirrored):
         inside, _ = make_dqn_agent(env, rl_world.model, hidden_units=(8,))  # default counter: no aggregation
     with pytest.raises(ValueError, match="train_step_variable"):
         DistributedLearner(inside, lambda context: None, mirrored)
+
+
+# --- MultiWorkerMirrored: two worker processes ------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def multi_worker_tasks(request, tmp_path_factory):
+    """Starts the two workers as soon as this module's tests begin when any selected test needs
+    them, so they run while the other tests do; `multi_worker_run` collects them."""
+    wanted = any("multi_worker_run" in item.fixturenames for item in request.session.items
+                 if item.module is request.module)
+    if not wanted:
+        yield None
+        return
+    directory = tmp_path_factory.mktemp("multi_worker")
+
+    def configs():
+        cluster = cluster_spec(workers=2)  # free ports on 127.0.0.1
+        return [tf_config_for("worker", i, cluster) for i in range(2)]
+
+    tasks = Tasks("multi_worker", configs, [directory / f"worker{i}.npz" for i in range(2)], str(directory)).start()
+    yield tasks
+    tasks.kill()
+
+
+@pytest.fixture(scope="module")
+def multi_worker_run(multi_worker_tasks):
+    multi_worker_tasks.wait()
+    return [dict(np.load(out)) for out in multi_worker_tasks.out_paths]
+
+
+def test_multi_worker_pretraining_is_identical_on_both_workers(multi_worker_run):
+    first, second = multi_worker_run
+    assert first["num_replicas"] == second["num_replicas"] == 2
+    np.testing.assert_allclose(first["pre_initial"], second["pre_initial"], rtol=0, atol=0)
+    np.testing.assert_allclose(first["pre_final"], second["pre_final"], rtol=1e-6, atol=1e-7)
+    assert np.abs(first["pre_final"] - first["pre_initial"]).max() > 1e-2  # training moved the weights
+    loss = first["pre_loss"]
+    assert loss[-1] < loss[0] and np.isfinite(loss).all()
+    np.testing.assert_allclose(first["pre_loss"], second["pre_loss"], rtol=1e-6)
+    np.testing.assert_allclose(first["pre_ndcg"], second["pre_ndcg"], rtol=1e-6)  # validation callback ran
+
+
+def test_multi_worker_rl_learner_is_identical_on_both_workers(multi_worker_run):
+    first, second = multi_worker_run
+    assert first["rl_steps"] == second["rl_steps"] == 12
+    np.testing.assert_allclose(first["rl_final"], second["rl_final"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(first["rl_target"], second["rl_target"], rtol=1e-6, atol=1e-7)
+    assert np.abs(first["rl_final"] - first["rl_initial"]).max() > 1e-4
+    np.testing.assert_allclose(first["rl_losses"], second["rl_losses"], rtol=1e-5)
+    assert np.isfinite(first["rl_losses"]).all()

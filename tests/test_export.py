@@ -118,3 +118,11 @@ def test_brute_force_index_matches_exact_scoring(tmp_path, trained_cycle_model):
     np.testing.assert_allclose(answers["brute_force"][1], answers["exact"][1], rtol=1e-5)
     with pytest.raises(ValueError, match="retrieval"):
         export_recommender(trained_cycle_model, tmp_path / "x", retrieval="annoy")
+
+
+def test_a_batch_of_only_empty_histories_gets_cold_start_answers(exported):
+    serve = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    for request in (tf.constant([["", ""], ["unknown", ""]]), tf.zeros([2, 0], tf.string)):
+        out = serve(history=request)
+        assert out["item_ids"].shape == (2, 5) and np.isfinite(out["scores"].numpy()).all()
+        np.testing.assert_array_equal(out["item_ids"][0], out["item_ids"][1])

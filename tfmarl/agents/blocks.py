@@ -98,14 +98,14 @@ def causal_attention_bias(mask):
 
 def history_window(indices, max_length: int, width: int | None = None):
     """Each row's known items (index >= 2, i.e. not padding or OOV), in order, then its last
-    ``max_length`` of them, right-padded with 0: [B, <= max_length] (exactly ``width`` columns
+    ``max_length`` of them, right-padded with 0: [B, 1..max_length] (exactly ``width`` columns
     when given). Works on any padding layout (left, right or gaps)."""
     known = tf.ragged.boolean_mask(indices, indices >= 2)
     window = known[:, -max_length:].to_tensor(default_value=0)
-    if width is None:
-        return window
-    pad = tf.maximum(width - tf.shape(window)[1], 0)
-    return tf.pad(window, [[0, 0], [0, pad]])[:, :width]
+    # At least one column: a batch of empty histories still has a (padding) position to encode.
+    pad = tf.maximum((width or 1) - tf.shape(window)[1], 0)
+    window = tf.pad(window, [[0, 0], [0, pad]])
+    return window if width is None else window[:, :width]
 
 
 def last_valid(sequence, mask):

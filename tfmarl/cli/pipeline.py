@@ -34,10 +34,10 @@ class Pipeline:
       config: the validated configuration.
       fresh: delete the run directory first.
       progress: progress bars on long loops.
-      out: where progress lines go.
+      out: where progress lines go (default: standard output).
     """
 
-    def __init__(self, config: Config, *, fresh: bool = False, progress: bool = True, out=sys.stdout):
+    def __init__(self, config: Config, *, fresh: bool = False, progress: bool = True, out=None):
         self.config = config
         self.run_dir = pathlib.Path(config.run_dir)
         if fresh and self.run_dir.exists():
@@ -68,7 +68,7 @@ class Pipeline:
                                       "finished": time.time(), **extra}, indent=2))
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=self.out or sys.stdout, flush=True)
 
     def run(self, stages=STAGES) -> dict:
         """Runs ``stages`` (and the earlier stages they need); returns the collected results."""

@@ -1,0 +1,112 @@
+"""The command line: config validation, the resumable pipeline, the report."""
+
+import json
+
+import pytest
+import yaml
+
+from tfmarl.cli.config import ConfigError, config_from_dict, default_config, dump_config, load_config
+from tfmarl.cli.main import main
+
+TINY = {
+    "data": {"synthetic": {"n_users": 120, "n_items": 60, "interactions_per_user": 15},
+             "features": {"title_length": 4, "text_vocabulary_size": 100}},
+    "pretrain": {"dim": 16, "max_length": 10, "num_layers": 1, "epochs": 1, "batch_size": 64},
+    "simulator": {"dim": 4, "session": {"slate_size": 3, "history_length": 5, "max_steps": 6}},
+    "rl": {"candidates": 12, "steps": 8, "batch_size": 8, "multiagent": {"facets": 3, "domains": 2}},
+    "evaluate": {"episodes": 16, "baselines": ["random", "greedy"]},
+}
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"pretrain": {"encoderr": "gru"}}, "unknown config key 'pretrain.encoderr' (did you mean 'encoder'?)"),
+    ({"pretrain": {"encoder": "cnn"}}, "pretrain.encoder: 'cnn' is not allowed; choose one of transformer, gru, lstm"),
+    ({"rl": {"steps": "many"}}, "rl.steps: expected an integer"),
+    ({"rl": {"algorithm": "ppo"}}, "rl.algorithm: 'ppo' is not allowed"),
+    ({"rl": {"steps": 0}}, "rl.steps: must be a positive integer"),
+    ({"pretrain": {"dropout": 1.5}}, "pretrain.dropout: must be in [0, 1)"),
+    ({"data": {"source": "movielens"}}, "data.path: required"),
+    ({"simulator": {"session": {"slate": 3}}}, "unknown config key 'simulator.session.slate'"),
+    ({"simulator": {"session": {"slate_size": 0}}}, "simulator.session"),
+    ({"evaluate": {"baselines": ["oracle"]}}, "evaluate.baselines: 'oracle' is not allowed"),
+    ({"export": {"warmup": "yes"}}, "export.warmup: expected true or false"),
+    ({"pretrain": 3}, "pretrain: expected a mapping"),
+    ({"colour": "blue"}, "unknown config key 'colour'"),
+])
+def test_config_errors_name_the_key_and_the_allowed_values(values, message):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(values)
+    assert message in str(error.value)
+
+
+def test_default_config_round_trips_through_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(default_config()))
+    assert load_config(path) == default_config()
+    path.write_text("pretrain: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"rl": {"algorithm": "ppo"}}))
+    assert main(["train", str(path)]) == 2
+    assert "rl.algorithm: 'ppo' is not allowed" in capsys.readouterr().err
+    assert main(["config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["rl"]["algorithm"] == "multiagent"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    config = dict(TINY, run_dir=str(root / "run"), export={"dir": str(root / "models" / "tiny")})
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--no-progress"]) == 0
+    return root, path
+
+
+def test_pipeline_runs_every_stage_and_writes_a_report(tiny_run):
+    root, _ = tiny_run
+    run = root / "run"
+    for stage in ("data", "pretrain", "simulator", "rl", "evaluate", "export", "report"):
+        assert (run / "stages" / f"{stage}.json").exists(), stage
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert set(metrics["online"]) == {"random", "greedy", "multiagent"}
+    assert 0 <= metrics["ranking"]["ndcg@10"] <= 1
+    report = (run / "report.md").read_text()
+    assert "## Simulated sessions" in report and "reward weights" in report.lower()
+    for png in ("policies.png", "learning_curves.png", "reward_weights.png"):
+        assert (run / png).stat().st_size > 1000
+    assert (root / "models" / "tiny" / "1" / "saved_model.pb").exists()
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (run / "tensorboard" / "pretrain" / "projector" / "projector_config.pbtxt").exists()
+
+
+def test_pipeline_resumes_and_reruns_only_what_changed(tiny_run, capsys):
+    root, path = tiny_run
+    assert main(["train", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("data", "pretrain", "simulator", "rl", "evaluate", "export"):
+        assert f"== {stage} (finished earlier: loading)" in out
+    # A new evaluation setting re-runs evaluate and what follows, not the training stages.
+    config = yaml.safe_load(path.read_text())
+    config["evaluate"]["episodes"] = 8
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "== rl (finished earlier: loading)" in out
+    assert "== evaluate\n" in out and "== export\n" in out
+    assert (root / "models" / "tiny" / "2").exists()  # the export ran again: a new version
+
+
+def test_export_and_simulate_commands(tiny_run, capsys):
+    root, path = tiny_run
+    assert main(["export", str(path), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().endswith("/3")
+    assert main(["simulate", str(path), "--no-progress", "--policies", "random,learned", "--episodes", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "random" in table and "learned" in table
