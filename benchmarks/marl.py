@@ -32,6 +32,11 @@ from rl import POLICIES, compare_policies, evaluate, setup, t_ci95  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Everything this long run will use, imported now: later edits to the sources cannot reach it.
+import tfmarl.export.policy  # noqa: E402,F401
+import tfmarl.export.warmup  # noqa: E402,F401
+import tfmarl.rl.multiagent  # noqa: E402,F401
+
 VARIANTS = {
     "marl": {},
     "marl_no_critic": {"use_critic": False},

@@ -159,13 +159,14 @@ def profile_stages(module, serve, histories, warm) -> dict:
     from tfmarl.export import savedmodel as sm
 
     k, dim = module.k, MODEL["dim"]
+    history_window = getattr(sm, "history_window", None) or sm.last_known  # the serving graph's own helper
     catalog = module.item_vectors  # the BruteForce index's [N, dim] variable (also the item table)
     dense = tf.convert_to_tensor(catalog)  # a plain tensor with the same values
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string)])
     def encode(history):
         indices = sm.history_indices(module.table, history)
-        window = sm.last_known(indices, module.max_length)
+        window = history_window(indices, module.max_length)
         return module._fn.user_agent(tf.gather(dense, window), mask=window > 0, training=False), indices
 
     def finish(values, items, indices):
@@ -314,13 +315,18 @@ def serve_and_load(base: pathlib.Path, clients: int, seconds: float) -> dict:
                 raise RuntimeError(f"the server exited: {log_path.read_text()[-2000:]}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", f"/v1/models/{name}")
-                if conn.getresponse().status == 200:
+                try:
+                    conn.request("GET", f"/v1/models/{name}")
+                    response = conn.getresponse()
+                    response.read()
+                finally:
+                    conn.close()
+                if response.status == 200:
                     break
             except OSError:
                 pass
-            if time.monotonic() - started > 600:
-                raise RuntimeError("the server did not become ready in 600 s")
+            if time.monotonic() - started > 300:
+                raise RuntimeError(f"the server did not serve a version in 300 s: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
         ready_seconds = time.monotonic() - started
         rng = random.Random(0)
@@ -391,6 +397,7 @@ def main() -> int:
             print(f"== {n} items", file=sys.stderr, flush=True)
             subprocess.run(cmd, check=True, cwd=REPO)
             row = json.loads(out.read_text())
+            row.pop("export_path", None)  # a temporary directory
             if "scann" in row:
                 payload["scann"] = row.pop("scann")
             payload["in_process"][str(n)] = row

@@ -9,8 +9,9 @@
     python tests/distributed_worker.py parameter_server OUT.json
         The chief of an in-process parameter-server cluster (2 workers and 2 ps as
         `tf.distribute.Server`s in this process, on free 127.0.0.1 ports): checks how
-        ``get_strategy("parameter_server")`` shards an embedding table and trains a small
-        embedding model through a `ClusterCoordinator`. Writes what it saw to OUT.json.
+        ``get_strategy("parameter_server")`` shards embedding tables, then trains a small
+        embedding model and a `SequentialRecommender` through a `ClusterCoordinator`, and the
+        recommender with `pretrain`. Writes what it saw to OUT.json.
 
 A subprocess, not the pytest process: MultiWorkerMirrored needs one process per worker, and
 connecting to a parameter-server cluster rewires the process's eager context for good.
@@ -87,8 +88,10 @@ def multi_worker(out_path: str) -> None:
         agent, q_network = make_dqn_agent(env, model, hidden_units=(16,), target_update_period=4,
                                           train_step_counter=train_step_variable())
     out["rl_initial"] = flat(q_network.get_weights())
+    # Checkpoints go to a directory both workers see (the chief writes; worker 1 a scratch copy).
+    checkpoint_dir = os.path.join(os.path.dirname(os.path.abspath(out_path)), "learner_checkpoints")
     learner = DistributedLearner(agent, lambda ctx: transitions_dataset(experience, 16, ctx, seed=0), strategy,
-                                 steps_per_call=4)
+                                 steps_per_call=4, checkpoint_dir=checkpoint_dir, checkpoint_every=8)
     trained = learner.run(12)
     learner.close()
     out["rl_final"] = flat(q_network.get_weights())
@@ -186,12 +189,67 @@ def parameter_server(out_path: str) -> None:
     out["step_losses"] = [float(r.fetch()) for r in scheduled]
     out["loss_after"] = full_loss()
     out["optimizer_iterations"] = int(optimizer.iterations.numpy())
+
+    # Our recommender in the same custom loop: its item table is sharded too, and its loss
+    # (`compute_loss`) is what `pretrain` minimises.
+    from tfmarl.data import build_sequences, training_dataset
+    from tfmarl.data.synthetic import generate_synthetic
+    from tfmarl.training import SequentialRecommender
+
+    sequences, vocabulary = build_sequences(generate_synthetic(n_users=80, n_items=100, interactions_per_user=10,
+                                                               seed=0))
+    with strategy.scope():
+        recommender = SequentialRecommender(item_vocabulary=vocabulary, dim=16, max_length=6, num_layers=1,
+                                            num_heads=1, dropout=0.0, k=5)
+        recommender.build_all()
+        recommender_optimizer = tf.keras.optimizers.Adam(1e-2)
+    out["recommender_table"] = placement(recommender.content_agent.id_embeddings)
+
+    def recommender_dataset_fn(context):
+        data = training_dataset(sequences, recommender.max_length, context.get_per_replica_batch_size(32),
+                                seed=context.input_pipeline_id, repeat=True)
+        return data.shard(context.num_input_pipelines, context.input_pipeline_id)
+
+    recommender_iterator = iter(coordinator.create_per_worker_dataset(
+        lambda: strategy.distribute_datasets_from_function(recommender_dataset_fn)))
+
+    @tf.function
+    def recommender_step(iterator):
+        def replica_step(batch):
+            with tf.GradientTape() as tape:
+                loss = recommender.compute_loss(batch, training=True)
+            gradients = tape.gradient(loss, recommender.trainable_variables)
+            recommender_optimizer.apply_gradients(zip(gradients, recommender.trainable_variables))
+            return loss
+
+        return strategy.run(replica_step, args=(next(iterator),))
+
+    scheduled = [coordinator.schedule(recommender_step, args=(recommender_iterator,)) for _ in range(40)]
+    coordinator.join()
+    out["recommender_losses"] = [float(r.fetch()) for r in scheduled]
+
+    # `pretrain` (Keras fit, which runs through the coordinator too) with ranking validation.
+    from tfmarl.data import leave_one_out
+    from tfmarl.training import pretrain
+
+    split = leave_one_out(sequences)
+    try:
+        result = pretrain(recommender, split.train, split.valid, epochs=2, batch_size=32, learning_rate=1e-2,
+                          patience=None, verbose=0)
+        out["pretrain"] = {"loss": result.history["loss"], "val_ndcg@10": result.history["val_ndcg@10"]}
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        out["pretrain"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     out["seconds"] = time.perf_counter() - STARTED
     with open(out_path, "w") as f:
         json.dump(out, f)
-    del servers
+    del servers  # kept alive until here: the cluster's workers and ps live in this process
 
 
 if __name__ == "__main__":
     mode, path = sys.argv[1], sys.argv[2]
     {"multi_worker": multi_worker, "parameter_server": parameter_server}[mode](path)
+    # The results are written. Leave at once: in-process gRPC servers have no clean shutdown, and
+    # interpreter teardown with live cluster connections can take half a minute.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

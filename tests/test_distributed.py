@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -116,8 +117,8 @@ def test_tf_config_errors_name_what_is_missing(monkeypatch):
         monkeypatch.setenv("TF_CONFIG", json.dumps(config))
         with pytest.raises(RuntimeError, match=message):
             get_strategy("parameter_server")
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"]}, "task": {"type": "chief", "index": 0}}))
-    with pytest.raises(RuntimeError, match="multi_worker.*no 'worker' task"):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}}))
+    with pytest.raises(RuntimeError, match="multi_worker.*no 'chief' or 'worker' task"):
         get_strategy("multi_worker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(RuntimeError, match="not valid JSON"):
@@ -159,6 +160,23 @@ def test_parameter_server_trains_through_the_coordinator(parameter_server_run):
     assert result["optimizer_iterations"] == 60  # every scheduled step ran (on either worker)
     assert np.isfinite(result["step_losses"]).all()
     assert result["loss_after"] < 0.2 * result["loss_before"]
+
+
+def test_parameter_server_trains_the_recommender_with_a_sharded_item_table(parameter_server_run):
+    result = parameter_server_run
+    table = result["recommender_table"]  # 102 items x 16 floats = 6.5 KiB
+    assert table["type"] == "ShardedVariable" and table["shapes"] == [[51, 16], [51, 16]]
+    losses = np.asarray(result["recommender_losses"])
+    assert np.isfinite(losses).all() and losses[-10:].mean() < losses[:10].mean() - 0.2
+
+
+def test_pretrain_under_parameter_server(parameter_server_run):
+    """Keras `fit` under ParameterServerStrategy needs a repeated dataset with `steps_per_epoch`
+    and epoch-level callbacks only; `pretrain` arranges both."""
+    result = parameter_server_run["pretrain"]
+    assert "error" not in result, result["error"]
+    assert len(result["loss"]) == 2 and np.isfinite(result["loss"]).all()
+    assert len(result["val_ndcg@10"]) == 2
 
 
 def test_content_agent_looks_up_sharded_tables_in_order(parameter_server_run):
@@ -217,20 +235,40 @@ def test_learner_trains_checkpoints_and_resumes(rl_world, tmp_path):
     assert resumed.run(1).steps == 6
 
 
-def test_learner_rejects_agents_built_outside_the_strategy(rl_world, mirrored):
+def test_learner_under_mirrored_matches_one_device(rl_world, mirrored):
+    """Two replicas on half batches take the same steps as one device on the whole batch.
+
+    Without gradient clipping: TF-Agents clips each replica's gradients before they are summed,
+    so with clipping that bites the steps differ slightly from one device's."""
     from tfmarl.rl import make_dqn_agent
-    from tfmarl.rl.learner import DistributedLearner, train_step_variable
+    from tfmarl.rl.learner import DistributedLearner, collect_transitions, train_step_variable, transitions_dataset
 
     env = rl_world.candidate_env(batch_size=4, seed=0)
-    outside, _ = make_dqn_agent(env, rl_world.model, hidden_units=(8,))
+    experience = collect_transitions(env, 5, seed=1)
+
+    def dataset_fn(context):
+        return transitions_dataset(experience, 8, context, seed=0)
+
+    options = dict(hidden_units=(8,), target_update_period=2, gradient_clipping=None)
+    single, single_q = make_dqn_agent(env, rl_world.model, **options)
     with pytest.raises(ValueError, match="strategy.scope"):
-        DistributedLearner(outside, lambda context: None, mirrored)
+        DistributedLearner(single, dataset_fn, mirrored)
+    with mirrored.scope():  # an agent whose step counter replicas cannot increment (no aggregation)
+        inside = types.SimpleNamespace(variables=(), train_step_counter=tf.Variable(0, dtype=tf.int64))
+    with pytest.raises(ValueError, match="train_step_variable"):
+        DistributedLearner(inside, dataset_fn, mirrored)
     with mirrored.scope():
         counter = train_step_variable()
         assert counter.aggregation == tf.VariableAggregation.ONLY_FIRST_REPLICA
-        inside, _ = make_dqn_agent(env, rl_world.model, hidden_units=(8,))  # default counter: no aggregation
-    with pytest.raises(ValueError, match="train_step_variable"):
-        DistributedLearner(inside, lambda context: None, mirrored)
+        replicated, replicated_q = make_dqn_agent(env, rl_world.model, train_step_counter=counter, **options)
+    replicated_q.set_weights(single_q.get_weights())
+    replicated._target_q_network.set_weights(single._target_q_network.get_weights())  # noqa: SLF001
+    one = DistributedLearner(single, dataset_fn, steps_per_call=3).run(3)
+    two = DistributedLearner(replicated, dataset_fn, mirrored, steps_per_call=3).run(3)
+    assert two.steps == 3 and int(counter.numpy()) == 3  # counted once per step, not per replica
+    np.testing.assert_allclose(two.losses, one.losses, rtol=1e-5)
+    for a, b in zip(single_q.get_weights(), replicated_q.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 # --- MultiWorkerMirrored: two worker processes ------------------------------------------------------
@@ -282,3 +320,11 @@ def test_multi_worker_rl_learner_is_identical_on_both_workers(multi_worker_run):
     assert np.abs(first["rl_final"] - first["rl_initial"]).max() > 1e-4
     np.testing.assert_allclose(first["rl_losses"], second["rl_losses"], rtol=1e-5)
     assert np.isfinite(first["rl_losses"]).all()
+
+
+def test_multi_worker_rl_learner_checkpoints_from_the_chief(multi_worker_run, multi_worker_tasks):
+    directory = os.path.join(os.path.dirname(multi_worker_tasks.out_paths[0]), "learner_checkpoints")
+    latest = tf.train.latest_checkpoint(directory)
+    assert latest is not None and latest.endswith("ckpt-12")  # saved at step 8 and at the end
+    reader = tf.train.load_checkpoint(latest)
+    assert reader.get_tensor("train_step/.ATTRIBUTES/VARIABLE_VALUE") == 12

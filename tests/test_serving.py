@@ -101,6 +101,11 @@ def test_padding_b64_and_long_histories(server, saved_model):
     long = [f"m{i}" for i in range(25)]  # longer than the model's window
     _, out, _ = call(server.port, "POST", f"/v1/models/{NAME}:predict", {"instances": [long]})
     assert out["predictions"][0]["item_ids"] == direct(saved_model, [long])[0][0]
+    # Nearly the whole catalog (30 items) and an unknown id, padded: the K items left are found.
+    nearly_all = [f"m{i}" for i in range(25)] + ["bogus"] + [""] * 20
+    status, out, _ = call(server.port, "POST", f"/v1/models/{NAME}:predict", {"instances": [nearly_all]})
+    assert status == 200, out
+    assert sorted(out["predictions"][0]["item_ids"]) == sorted(f"m{i}" for i in range(25, 30))
 
 
 def test_cold_start_only_request(server, saved_model):
@@ -200,6 +205,22 @@ def test_unknown_models_versions_paths_and_methods(server, method, path, status,
         assert headers["Allow"] in ("GET", "POST")
 
 
+def test_keep_alive_survives_errors(server):
+    """One connection: errors before or after reading a body never desynchronise the next request."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for method, path, body, status in [
+                ("POST", "/v1/models/other:predict", {"instances": [["m1"]]}, 404),
+                ("PUT", "/nowhere", {"x": 1}, 404),
+                ("GET", f"/v1/models/{NAME}:predict", None, 405),
+                ("POST", PREDICT, b"{bad", 400),
+                ("POST", PREDICT, {"instances": [["m1"]]}, 200),
+                ("GET", f"/v1/models/{NAME}", None, 200)] * 2:
+            assert call(server.port, method, path, body, conn=conn)[0] == status, (method, path)
+    finally:
+        conn.close()
+
+
 def raw_request(port, data: bytes) -> tuple[int, dict]:
     """Sends ``data`` as is on a fresh connection; returns (status, JSON body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -264,18 +285,28 @@ _AUDIT = {"on": False, "events": []}
 
 
 def _audit(event, args):
-    if _AUDIT["on"] and event in ("open", "os.listdir", "os.scandir") \
-            and "process_request_thread" in threading.current_thread().name:
+    # The hook stays installed for the whole process: it must be cheap and never fail, even at
+    # interpreter shutdown when the module globals may already be gone.
+    if _AUDIT is None or threading is None or not _AUDIT["on"]:
+        return
+    if event in ("open", "os.listdir", "os.scandir") and "process_request_thread" in threading.current_thread().name:
         _AUDIT["events"].append((event, args[0] if args else None))
 
 
 sys.addaudithook(_audit)
 
 
-def test_path_safety_no_file_is_touched(server):
+def test_path_safety_no_file_is_touched(server, tmp_path):
     _AUDIT["events"].clear()
     _AUDIT["on"] = True
     try:
+        # The probe sees file access from request-handler threads (checked on a stand-in thread).
+        probe = threading.Thread(target=(tmp_path / "probe").write_text, args=("x",),
+                                 name="Thread-0 (process_request_thread)")
+        probe.start()
+        probe.join()
+        assert [e for e, _ in _AUDIT["events"]] == ["open"]
+        _AUDIT["events"].clear()
         for method, path in TRAVERSALS:
             body = {"instances": [["m1"]]} if method == "POST" else None
             status, out, _ = call(server.port, method, path, body)

@@ -26,8 +26,9 @@ def _select_legacy_keras():
     if bound is not None and not bound.startswith("tf_keras"):
         raise ImportError(
             "tfmarl needs legacy Keras 2 (tf_keras), but tf.keras is already bound to "
-            f"{bound!r} in this process. Set the environment variable TF_USE_LEGACY_KERAS=1 "
-            "before starting Python, or import tfmarl before anything uses tf.keras."
+            f"{bound!r} in this process (TensorFlow was imported, or tf.keras used, without "
+            "TF_USE_LEGACY_KERAS=1). Set the environment variable TF_USE_LEGACY_KERAS=1 before "
+            "starting Python, or import tfmarl before TensorFlow."
         )
 
 

@@ -105,13 +105,15 @@ class ContentAgent(tf.keras.layers.Layer):
         item_ids = tf.convert_to_tensor(item_ids)
         if item_ids.dtype != tf.int32:
             item_ids = tf.cast(item_ids, tf.int32)
-        vectors = tf.gather(self.id_embeddings, item_ids)
+        # embedding_lookup, not tf.gather: on a ShardedVariable (ParameterServerStrategy) tf.gather
+        # returns the rows grouped by shard, out of the ids' order, and rejects ids of rank > 1.
+        vectors = tf.nn.embedding_lookup(self.id_embeddings, item_ids)
         if self.num_categories:
-            vectors += _mean_embedding(self.category_embeddings, tf.gather(self.item_categories, item_ids))
+            vectors += _mean_embedding(self.category_embeddings, tf.nn.embedding_lookup(self.item_categories, item_ids))
         if self.text_vocabulary_size:
-            vectors += _mean_embedding(self.token_embeddings, tf.gather(self.title_tokens, item_ids))
+            vectors += _mean_embedding(self.token_embeddings, tf.nn.embedding_lookup(self.title_tokens, item_ids))
         if self.text_embedding_dim:
-            vectors += self.text_projection(tf.gather(self.text_embeddings, item_ids))
+            vectors += self.text_projection(tf.nn.embedding_lookup(self.text_embeddings, item_ids))
         return self.output_dropout(vectors, training=training)
 
     def catalog(self, training=None):
@@ -128,5 +130,5 @@ class ContentAgent(tf.keras.layers.Layer):
 def _mean_embedding(table, ids):
     """Mean of table rows over the last axis of ``ids``, ignoring index 0 (padding)."""
     present = tf.cast(ids > 0, table.dtype)[..., None]
-    total = tf.reduce_sum(tf.gather(table, ids) * present, axis=-2)
+    total = tf.reduce_sum(tf.nn.embedding_lookup(table, ids) * present, axis=-2)
     return total / tf.maximum(tf.reduce_sum(present, axis=-2), 1.0)

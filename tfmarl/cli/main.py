@@ -156,12 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     commands.add_parser("config", help="print the default YAML config").set_defaults(func=cmd_config)
     serve = commands.add_parser("serve", help="serve a model base path over TF Serving's REST API")
-    try:
-        from tfmarl.serving.server import add_arguments
-    except ImportError:  # the server module is optional at parse time only
-        add_arguments = None
-    if add_arguments is not None:
-        add_arguments(serve)
+    from tfmarl.serving.server import add_arguments
+
+    add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -149,5 +149,5 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
     info = {"tfmarl_version": tfmarl.__version__, "k": k, "num_candidates": num_candidates, "signature": SIGNATURE_KEY,
             "num_items": int(model.num_items), "created": time.time(), **(metadata or {})}
 
-    warm = (vocabulary, pathlib.Path(export_dir).name) if warmup else None
+    warm = (vocabulary, pathlib.Path(export_dir).name, module.max_length) if warmup else None
     return write_version(export_dir, lambda path: save_servable(module, path, info, warm))

@@ -99,15 +99,18 @@ class RecommenderServing(tf.Module):
     def serve(self, history):
         indices = history_indices(self.table, history)
         window = history_window(indices, self.max_length)
-        state = self._fn.user_agent(tf.gather(self.item_vectors, window), mask=window > 0, training=False)
+        # One dense read of the catalog: a sparse gather straight from the variable would switch it
+        # to a mode where every later read copies the whole table.
+        vectors = tf.convert_to_tensor(self.item_vectors)
+        state = self._fn.user_agent(tf.gather(vectors, window), mask=window > 0, training=False)
         if self.retrieval == "exact":
-            scores = self._fn.system_agent.score(state, self.item_vectors)
+            scores = self._fn.system_agent.score(state, vectors)
             top = tf.math.top_k(mask_excluded(scores, indices), k=self.k)
             items, values = top.indices, top.values
         else:
             # Enough neighbours that K remain after dropping the history and reserved indices.
             extra = tf.shape(indices)[1] + NUM_RESERVED
-            values, items = self.index(state, k=self.k + extra)
+            values, items = self.index(state, k=tf.minimum(self.k + extra, tf.shape(vectors)[0]))
             excluded = (items < NUM_RESERVED) | tf.reduce_any(items[:, :, None] == indices[:, None, :], axis=-1)
             top = tf.math.top_k(tf.where(excluded, NEG_INF, values), k=self.k)
             items, values = tf.gather(items, top.indices, batch_dims=1), top.values
@@ -141,13 +144,14 @@ def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = N
             "retrieval": module.retrieval,
             "num_items": int(model.num_items), "signature": SIGNATURE_KEY, "created": time.time(),
             **(metadata or {})}
-    warm = (vocabulary, pathlib.Path(export_dir).name) if warmup else None
+    warm = (vocabulary, pathlib.Path(export_dir).name, module.max_length) if warmup else None
     return write_version(export_dir, lambda path: save_servable(module, path, info, warm))
 
 
 def save_servable(module, path: pathlib.Path, info: dict, warmup=None) -> None:
     """Saves ``module`` (its ``serve`` as `serving_default`), the metadata file and, with
-    ``warmup=(vocabulary, model_name)``, TF Serving warm-up requests built from the vocabulary."""
+    ``warmup=(vocabulary, model_name, max_length)``, TF Serving warm-up requests built from the
+    vocabulary."""
     tf.saved_model.save(module, str(path), signatures={SIGNATURE_KEY: module.serve})
     extra = path / "assets.extra"
     extra.mkdir(exist_ok=True)
@@ -155,8 +159,9 @@ def save_servable(module, path: pathlib.Path, info: dict, warmup=None) -> None:
     if warmup is not None:
         from tfmarl.export.warmup import default_warmup_histories, write_warmup_requests
 
-        vocabulary, model_name = warmup
-        write_warmup_requests(path, default_warmup_histories(vocabulary), model_name=model_name)
+        vocabulary, model_name, max_length = warmup
+        write_warmup_requests(path, default_warmup_histories(vocabulary, max_length=max_length),
+                              model_name=model_name)
 
 
 def existing_versions(export_dir) -> list[int]:

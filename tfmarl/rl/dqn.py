@@ -56,7 +56,8 @@ def make_dqn_agent(env, model=None, *, user_agent_config: dict | None = None,
                 optimizer=tf.keras.optimizers.Adam(learning_rate), epsilon_greedy=0.0, gamma=gamma,
                 target_update_period=target_update_period, target_update_tau=target_update_tau,
                 td_errors_loss_fn=common.element_wise_huber_loss, gradient_clipping=gradient_clipping,
-                train_step_counter=train_step_counter or tf.Variable(0, dtype=tf.int64, name="train_step"))
+                train_step_counter=train_step_counter or tf.Variable(
+                    0, dtype=tf.int64, name="train_step", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
     agent.initialize()
     return agent, q_network
 

@@ -11,6 +11,10 @@ Unlike that class it needs no root directory, shards the input per worker, and c
 from the chief worker (other workers write to throw-away directories, as MultiWorkerMirrored
 requires every worker to take part in the save).
 
+With two replicas on half batches the steps equal one device's on the whole batch, except that
+TF-Agents clips gradients (``gradient_clipping``) per replica, before the replicas' gradients
+are summed: where clipping bites, the distributed steps differ slightly from one device's.
+
 The agent (and with it every variable: networks, optimizer, train step counter) must be created
 inside ``strategy.scope()``, with a train step counter that replicas may increment
 (`train_step_variable`)::
@@ -86,6 +90,11 @@ class DistributedLearner:
         self.steps_per_call = int(steps_per_call)
         self.checkpoint_every = int(checkpoint_every)
         self.train_step = agent.train_step_counter
+        if getattr(self.strategy, "_should_use_with_coordinator", False):
+            raise NotImplementedError(
+                "ParameterServerStrategy trains asynchronously through a ClusterCoordinator "
+                "(coordinator.schedule), which this synchronous learner does not do; use "
+                "MultiWorkerMirrored, Mirrored or TPU for the RL learner")
         _check_created_under(self.strategy, agent)
         with self.strategy.scope():
             self._dataset = self.strategy.distribute_datasets_from_function(dataset_fn, options=input_options)
@@ -135,19 +144,21 @@ class DistributedLearner:
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         start = int(self.train_step.numpy())
-        losses, began, done = [], time.perf_counter(), 0
+        losses, began, done, saved = [], time.perf_counter(), 0, True
         with self.strategy.scope():
             while done < num_steps:
                 steps = min(self.steps_per_call, num_steps - done)
                 loss = self._train(self._iterator, tf.constant(steps, tf.int64))
                 losses.append(float(loss))
                 done += steps
+                saved = False
                 if not np.isfinite(losses[-1]):
                     raise FloatingPointError(f"train step {start + done}: the loss is {losses[-1]}")
                 if self._checkpointer is not None and self.checkpoint_every > 0 and \
                         (start + done) // self.checkpoint_every > (start + done - steps) // self.checkpoint_every:
                     self._checkpointer.save(self.train_step)
-            if self._checkpointer is not None and num_steps:
+                    saved = True
+            if self._checkpointer is not None and not saved:
                 self._checkpointer.save(self.train_step)
         seconds = time.perf_counter() - began
         return LearnerResult(start, int(self.train_step.numpy()), seconds, num_steps / max(seconds, 1e-9), losses)

@@ -325,6 +325,16 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request, client_address):
+        """Clients that reset or time out are routine: a debug line, not a traceback on stderr."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("connection from %s ended: %r", client_address, error)
+        else:
+            log.exception("error while serving %s", client_address)
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -413,7 +423,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                               body if allowed == "POST" else None)
             self._send_json(status, payload)
         except RequestError as e:
-            if e.status in (411, 413) or (self.command == "POST" and not body_read):
+            if e.status in (411, 413) or (not body_read and self._has_body()):
                 self.close_connection = True  # the unread body would be taken for the next request
             self._send_json(e.status, {"error": e.message})
         except TimeoutError:
@@ -435,12 +445,14 @@ class ModelServer:
       read_timeout: seconds to receive a request (and idle time of a kept-alive connection).
       max_connections: open connections served at once (more get 503).
       max_load_attempts: loads tried per version before it is given up (one per poll).
+      host, port: where `start` binds by default (port 0: any free port).
 
-    `start` binds the port (0 = ephemeral) and serves in background threads; `stop` ends that.
+    `start` binds the port and serves in background threads (returns the port); `stop` ends that.
+    The versions are loaded by the constructor (and then by the poller).
     """
 
     def __init__(self, model_base_path, model_name: str | None = None, *, poll_seconds: float = 2.0,
-                 keep_versions: int = 2, max_body_bytes: int = MAX_BODY_BYTES, max_batch_size: int = MAX_BATCH_SIZE,
+                 keep_versions: int = 2, host: str = "127.0.0.1", port: int = 0, max_body_bytes: int = MAX_BODY_BYTES, max_batch_size: int = MAX_BATCH_SIZE,
                  max_history_length: int = MAX_HISTORY_LENGTH, read_timeout: float = 30.0,
                  max_connections: int = 256, max_load_attempts: int = 3):
         self.base_path = pathlib.Path(model_base_path).resolve()
@@ -459,6 +471,7 @@ class ModelServer:
         self.read_timeout = float(read_timeout)
         self.max_connections = int(max_connections)
         self.max_load_attempts = int(max_load_attempts)
+        self.host, self.port = host, int(port)
         self._versions: dict[int, LoadedVersion] = {}  # replaced, never mutated: readers take a snapshot
         self._failures: dict[int, int] = {}
         self._poll_lock = threading.Lock()
@@ -603,8 +616,11 @@ class ModelServer:
 
     # --- lifecycle ---
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Binds ``host:port`` (0: any free port), serves in background threads; returns the port."""
+    def start(self, host: str | None = None, port: int | None = None) -> int:
+        """Binds ``host:port`` (default: the constructor's; port 0: any free port), serves in
+        background threads; returns the bound port."""
+        host = self.host if host is None else host
+        port = self.port if port is None else int(port)
         if self._httpd is not None:
             raise RuntimeError("the server is already started")
         handler = type("Handler", (_Handler,), {"timeout": self.read_timeout})
@@ -648,12 +664,12 @@ def serve(model_base_path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, mo
           *, poll_seconds: float = 2.0, keep_versions: int = 2, **kwargs) -> None:
     """Serves until SIGINT or SIGTERM (blocking)."""
     server = ModelServer(model_base_path, model_name, poll_seconds=poll_seconds, keep_versions=keep_versions,
-                         **kwargs)
+                         host=host, port=port, **kwargs)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    bound = server.start(host, port)
+    bound = server.start()
     print(f"serving model {server.model_name} versions {server.versions} from {server.base_path} at "
           f"http://{host}:{bound}/v1/models/{server.model_name}", flush=True)
     try:
@@ -681,8 +697,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        serve(args.model_base_path, host=args.host, port=args.port, model_name=args.model_name,
-              poll_seconds=args.poll_seconds, keep_versions=args.keep_versions, max_body_bytes=args.max_body_bytes)
+        serve(args.model_base_path, host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", DEFAULT_PORT),
+              model_name=getattr(args, "model_name", None), poll_seconds=getattr(args, "poll_seconds", 2.0),
+              keep_versions=getattr(args, "keep_versions", 2),
+              max_body_bytes=getattr(args, "max_body_bytes", MAX_BODY_BYTES))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", flush=True)
         return 2

@@ -3,7 +3,7 @@
 from tfmarl.training.callbacks import RankingValidation, Throughput
 from tfmarl.training.pretrain import PretrainResult, pretrain
 from tfmarl.training.recommender import SequentialRecommender
-from tfmarl.training.strategy import get_strategy, split_cpu
+from tfmarl.training.strategy import cluster_spec, get_strategy, split_cpu, start_server, tf_config_for
 
-__all__ = ["PretrainResult", "RankingValidation", "SequentialRecommender", "Throughput", "get_strategy",
-           "pretrain", "split_cpu"]
+__all__ = ["PretrainResult", "RankingValidation", "SequentialRecommender", "Throughput", "cluster_spec",
+           "get_strategy", "pretrain", "split_cpu", "start_server", "tf_config_for"]

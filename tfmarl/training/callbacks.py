@@ -56,3 +56,10 @@ class Throughput(tf.keras.callbacks.Callback):
     @property
     def targets_per_second(self) -> float:
         return self.epochs * self.targets_per_epoch / max(self.train_seconds, 1e-9)
+
+
+class EpochThroughput(Throughput):
+    """`Throughput` without the batch hook (ParameterServerStrategy allows epoch-level callbacks
+    only); the last batch's end is then the epoch's end."""
+
+    on_train_batch_end = tf.keras.callbacks.Callback.on_train_batch_end

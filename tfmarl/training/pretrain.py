@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tfmarl.data.pipelines import count_targets, training_dataset
 from tfmarl.data.sequences import Sequences
-from tfmarl.training.callbacks import RankingValidation, Throughput
+from tfmarl.training.callbacks import EpochThroughput, RankingValidation, Throughput
 
 
 @dataclasses.dataclass
@@ -27,7 +27,8 @@ class PretrainResult:
 def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 128,
              learning_rate: float = 1e-3, stride: int | None = None, patience: int | None = 3,
              monitor: str = "val_ndcg@10", log_dir=None, checkpoint_dir=None, seed: int = 0,
-             verbose=1, callbacks=(), optimizer=None, histogram_freq: int = 0) -> PretrainResult:
+             verbose=1, callbacks=(), optimizer=None, histogram_freq: int = 0,
+             steps_per_epoch: int | None = None) -> PretrainResult:
     """Trains ``model`` (a `SequentialRecommender`) on next-item prediction with ``fit``.
 
     Args:
@@ -45,19 +46,27 @@ def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 12
     """
     if epochs < 1:
         raise ValueError(f"epochs must be positive, got {epochs}")
+    # ParameterServerStrategy: Keras `fit` runs through a ClusterCoordinator, which needs an
+    # endless dataset with `steps_per_epoch` and allows epoch-level callbacks only.
+    coordinated = getattr(model.distribute_strategy, "_should_use_with_coordinator", False)
     if isinstance(train, Sequences):
         if train.num_interactions == 0:
             raise ValueError("training sequences are empty")
         targets_per_epoch = count_targets(train)
         train = training_dataset(train, model.max_length, batch_size, stride=stride, seed=seed)
+        if coordinated:
+            steps_per_epoch = steps_per_epoch or int(train.cardinality())
+            train = train.repeat()
     else:
         targets_per_epoch = 0
+    if coordinated and steps_per_epoch is None:
+        raise ValueError("under ParameterServerStrategy pass steps_per_epoch with a repeated dataset")
     with model.distribute_strategy.scope():
         if not model.built:
             model.build_all()  # variables must exist before BackupAndRestore can restore them
         if getattr(model, "optimizer", None) is None or not model._is_compiled:
             model.compile(optimizer=optimizer or tf.keras.optimizers.Adam(learning_rate))
-    throughput = Throughput(targets_per_epoch)
+    throughput = (EpochThroughput if coordinated else Throughput)(targets_per_epoch)
     ranking = RankingValidation(valid) if valid is not None else None
     cbs = [throughput] + ([ranking] if ranking else [])
     if ranking and patience is not None:
@@ -70,7 +79,7 @@ def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 12
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         cbs.append(tf.keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup")))
     cbs.extend(callbacks)
-    fit = model.fit(train, epochs=epochs, callbacks=cbs, verbose=verbose)
+    fit = model.fit(train, epochs=epochs, callbacks=cbs, verbose=verbose, steps_per_epoch=steps_per_epoch)
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     best_epoch = best_metric = None
     if ranking and monitor in history:

@@ -156,7 +156,7 @@ class SequentialRecommender(tfrs.models.Model):
         if self.loss_type == "sampled":
             negatives = tf.random.categorical(self.item_log_probs[None, :], self.num_negatives, dtype=tf.int32)[0]
             candidates = tf.concat([positives, negatives], 0)
-        log_q = tf.gather(self.item_log_probs, candidates)
+        log_q = tf.nn.embedding_lookup(self.item_log_probs, candidates)
         if self.system_agent.is_factorized:
             return self.retrieval(queries, tf.gather(items, candidates),
                                   candidate_sampling_probability=tf.exp(log_q), candidate_ids=candidates,
@@ -165,7 +165,7 @@ class SequentialRecommender(tfrs.models.Model):
         # query against its own positive plus the shared negatives.
         negatives = candidates[tf.size(positives):] if self.loss_type == "sampled" else positives
         per_row = tf.concat([positives[:, None], tf.tile(negatives[None, :], [tf.size(positives), 1])], 1)
-        logits = self.system_agent.score(queries, tf.gather(items, per_row)) - tf.gather(self.item_log_probs, per_row)
+        logits = self.system_agent.score(queries, tf.gather(items, per_row)) - tf.nn.embedding_lookup(self.item_log_probs, per_row)
         accidental = tf.equal(per_row[:, 1:], positives[:, None])
         logits = tf.concat([logits[:, :1], tf.where(accidental, NEG_INF, logits[:, 1:])], 1)
         return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.zeros_like(positives), logits))

@@ -46,7 +46,8 @@ def get_strategy(name: str = "auto", *, devices=None, tpu: str | None = None, co
     if name == "auto":
         if tpu or os.environ.get("TPU_NAME"):
             return get_strategy("tpu", tpu=tpu)
-        if _tf_config().get("cluster", {}).get("ps"):
+        cluster = _tf_config().get("cluster")
+        if isinstance(cluster, dict) and cluster.get("ps"):
             return get_strategy("parameter_server", variable_partitioner=variable_partitioner,
                                 min_shard_bytes=min_shard_bytes)
         if _num_workers() > 1:
@@ -65,7 +66,7 @@ def get_strategy(name: str = "auto", *, devices=None, tpu: str | None = None, co
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise RuntimeError("strategy 'multi_worker' needs TF_CONFIG describing the cluster and this task")
-        _check_tf_config("multi_worker", required=("worker",), task_types=("chief", "worker"))
+        _check_tf_config("multi_worker", required=(("chief", "worker"),), task_types=("chief", "worker"))
         if communication not in _COMMUNICATION:
             raise ValueError(f"communication must be one of {', '.join(_COMMUNICATION)}, got {communication!r}")
         options = tf.distribute.experimental.CommunicationOptions(
@@ -104,7 +105,7 @@ def start_server(*, join: bool = True, protocol: str = "grpc"):
     forever, serving the chief); the chief runs the training program under
     ``get_strategy("parameter_server")``. Returns the server when ``join`` is False.
     """
-    config = _check_tf_config("server", required=("worker",), task_types=("worker", "ps", "evaluator"))
+    config = _check_tf_config("start_server", required=("worker",), task_types=("worker", "ps"))
     task = config["task"]
     # As TensorFlow's parameter-server guide does: fail RPCs fast so the coordinator notices
     # lost tasks and reschedules their closures.
@@ -213,17 +214,21 @@ def _tf_config() -> dict:
 
 
 def _check_tf_config(what: str, required, task_types) -> dict:
-    """Parses TF_CONFIG and names what is missing for ``what``."""
+    """Parses TF_CONFIG and names what is missing for ``what``.
+
+    ``required``: jobs the cluster must have tasks in (a tuple entry: at least one of them).
+    """
     config = _tf_config()
     cluster = config.get("cluster")
     if not isinstance(cluster, dict) or not cluster:
         raise RuntimeError(f"{what}: TF_CONFIG has no \"cluster\" (e.g. {{\"cluster\": {{\"worker\": "
                            f"[\"host1:port\", \"host2:port\"]}}, \"task\": {{\"type\": \"worker\", "
                            f"\"index\": 0}}}})")
-    missing = [job for job in required if not cluster.get(job)]
-    if missing:
-        raise RuntimeError(f"{what}: TF_CONFIG's cluster has no {' or '.join(repr(j) for j in missing)} task "
-                           f"(it has: {', '.join(sorted(cluster))})")
+    for jobs in required:
+        jobs = (jobs,) if isinstance(jobs, str) else tuple(jobs)
+        if not any(cluster.get(job) for job in jobs):
+            raise RuntimeError(f"{what}: TF_CONFIG's cluster has no {' or '.join(repr(j) for j in jobs)} task "
+                               f"(it has: {', '.join(sorted(cluster))})")
     task = config.get("task")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise RuntimeError(f"{what}: TF_CONFIG has no \"task\" with \"type\" and \"index\" saying which "
