@@ -25,7 +25,7 @@ def machine() -> dict:
 
 def write_json(path, payload: dict) -> None:
     """Writes ``payload`` as indented JSON atomically (temp file + rename)."""
-    from tfmarl.data.vocab import atomic_write_text
+    from tfmarl.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, peak_rss_mb, write_json  # noqa: E402
-from rl import POLICIES, compare_policies, evaluate, setup, t_ci95  # noqa: E402
+from rl import POLICIES, compare_policies, evaluate, setup, summarize  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -36,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 import tfmarl.export.policy  # noqa: E402,F401
 import tfmarl.export.warmup  # noqa: E402,F401
 import tfmarl.rl.multiagent  # noqa: E402,F401
+from tfmarl.rl.multiagent import MultiAgentSlatePolicy  # noqa: E402
 
 VARIANTS = {
     "marl": {},
@@ -79,21 +80,6 @@ def train_variant(name, ctx, marl_ctx, args, seed):
                                 epsilon=linear_schedule(0.2, 0.02, args.steps // 3), seed=seed)
     result = trainer.run(args.steps, log_every=max(args.steps // 30, 1))
     return roles, result
-
-
-def marl_policy(roles, marl_ctx):
-    """Greedy decentralised execution on plain session observations (retrieval inside)."""
-    retriever, facets = marl_ctx["retriever"], marl_ctx["facets"]
-    act = tf.function(lambda obs: roles.act(obs, sample=False)[0])
-
-    def policy(observation):
-        out = retriever(observation["history"])
-        obs = {"history": observation["history"], "step": observation["step"], "candidates": out["candidates"],
-               "user_state": out["user_state"], "candidate_facets": facets.item_facet[out["candidates"]]}
-        positions = act({k: tf.convert_to_tensor(v) for k, v in obs.items()}).numpy()
-        return np.take_along_axis(out["candidates"], positions, axis=1)
-
-    return policy
 
 
 def load_baselines(path, args):
@@ -173,7 +159,7 @@ def main(argv=None):
         for name in VARIANTS:
             t0 = time.perf_counter()
             roles, result = train_variant(name, ctx, marl_ctx, args, seed)
-            per_seed[name].append(evaluate(marl_policy(roles, marl_ctx), ctx, args, seed))
+            per_seed[name].append(evaluate(MultiAgentSlatePolicy(roles, marl_ctx["retriever"]), ctx, args, seed))
             curves[name].append(result.curve)
             speed.append(result.train_steps_per_second)
             if name == "marl":
@@ -198,14 +184,7 @@ def main(argv=None):
         baselines, *_ = compare_policies(rl_ctx, rl_args)
         baseline_source = "recomputed"
     summary.update(baselines)
-    for name, rows in per_seed.items():
-        returns = [r["return"] for r in rows]
-        summary[name] = {"return_mean": float(np.mean(returns)), "return_ci95": t_ci95(returns),
-                         "ctr_mean": float(np.mean([r["ctr"] for r in rows])),
-                         "session_length_mean": float(np.mean([r["session_length"] for r in rows])),
-                         "coverage": float(np.mean([r["coverage"] for r in rows])),
-                         "diversity": float(np.mean([r["diversity"] for r in rows])),
-                         "seeds": len(rows), "per_seed_return": returns}
+    summary.update({name: summarize(rows) for name, rows in per_seed.items()})
     out = pathlib.Path(args.out)
     plot(out.with_suffix(".png"), summary, weight_curves)
     greedy, dqn, marl = (summary[n]["return_mean"] for n in ("greedy", "dqn", "marl"))

@@ -55,6 +55,15 @@ def t_ci95(values) -> float:
     return float(quantile * values.std(ddof=1) / np.sqrt(n))
 
 
+def summarize(rows) -> dict:
+    """Per-seed evaluation rows of one policy -> the benchmark's summary (mean, 95% CI over seeds)."""
+    returns = [r["return"] for r in rows]
+    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    return {"return_mean": float(np.mean(returns)), "return_ci95": t_ci95(returns), "ctr_mean": mean("ctr"),
+            "session_length_mean": mean("session_length"), "coverage": mean("coverage"),
+            "diversity": mean("diversity"), "seeds": len(rows), "per_seed_return": returns}
+
+
 def setup(args):
     from tfmarl.data import build_sequences, leave_one_out, load_movielens
     from tfmarl.envs import fit_user_model
@@ -145,15 +154,7 @@ def compare_policies(ctx, args):
         speed["dqn_env_steps_per_second"].append(result.env_steps_per_second)
         print(f"seed {seed} ({time.perf_counter() - started:.0f}s): " + ", ".join(
             f"{n} {per_seed[n][-1]['return']:.2f}" for n in POLICIES), file=sys.stderr)
-    summary = {}
-    for name, rows in per_seed.items():
-        returns = [r["return"] for r in rows]
-        summary[name] = {"return_mean": float(np.mean(returns)), "return_ci95": t_ci95(returns),
-                         "ctr_mean": float(np.mean([r["ctr"] for r in rows])),
-                         "session_length_mean": float(np.mean([r["session_length"] for r in rows])),
-                         "coverage": float(np.mean([r["coverage"] for r in rows])),
-                         "diversity": float(np.mean([r["diversity"] for r in rows])),
-                         "seeds": len(rows), "per_seed_return": returns}
+    summary = {name: summarize(rows) for name, rows in per_seed.items()}
     return summary, curves, {k: float(np.mean(v)) for k, v in speed.items()}, dqn_objects
 
 

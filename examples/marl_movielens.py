@@ -13,13 +13,13 @@ import sys
 
 import tfmarl  # noqa: F401  (selects tf_keras; import before TensorFlow)
 import numpy as np
-import tensorflow as tf
 from tfmarl.data import build_sequences, leave_one_out, load_movielens
 from tfmarl.envs import SessionEnvironment, fit_user_model, run_episodes
 from tfmarl.envs.candidates import CandidateSessionEnvironment
 from tfmarl.export import export_candidate_recommender, multiagent_scorer
 from tfmarl.rl import CandidateRetriever, GreedySlatePolicy, linear_schedule
-from tfmarl.rl.multiagent import AdaptiveReward, MultiAgentRoles, MultiAgentTrainer, build_facets
+from tfmarl.rl.multiagent import (AdaptiveReward, MultiAgentRoles, MultiAgentSlatePolicy, MultiAgentTrainer,
+                                  build_facets)
 from tfmarl.training import SequentialRecommender, pretrain
 
 interactions = load_movielens(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/ml-100k")
@@ -41,18 +41,7 @@ trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, np.bincount(spli
 trainer.run(1500, progress=True)
 print("reward weights:", reward.weights)
 
-act = tf.function(lambda obs: roles.act(obs)[0])
-
-
-def marl(observation):
-    got = retriever(observation["history"])
-    obs = {"history": observation["history"], "step": observation["step"], "candidates": got["candidates"],
-           "user_state": got["user_state"], "candidate_facets": facets.item_facet[got["candidates"]]}
-    positions = act({k: tf.convert_to_tensor(v) for k, v in obs.items()}).numpy()
-    return np.take_along_axis(got["candidates"], positions, axis=1)
-
-
-for name, policy in (("greedy", GreedySlatePolicy(retriever, 10)), ("marl", marl)):
+for name, policy in (("greedy", GreedySlatePolicy(retriever, 10)), ("marl", MultiAgentSlatePolicy(roles, retriever))):
     r = run_episodes(SessionEnvironment(user_model, batch_size=100, users="heldout", seed=1), policy, 500)
     print(f"{name}: return {np.mean(r['return']):.2f}, diversity {r['diversity']:.3f}")
 

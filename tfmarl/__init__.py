@@ -7,9 +7,10 @@ first resolves ``tf.keras``, so import tfmarl before anything touches ``tf.keras
 The public API is loaded lazily, so ``import tfmarl.data`` stays cheap (no TensorFlow).
 """
 
-import importlib
 import os
 import sys
+
+from tfmarl._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -64,14 +65,7 @@ _LAZY = {
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tfmarl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), _LAZY)
 
 
 def __dir__():

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from tfmarl.cli.config import Config, dump_config
-from tfmarl.data.vocab import atomic_write_text
+from tfmarl.atomic import atomic_write_text
 
 STAGES = ("data", "pretrain", "simulator", "rl", "evaluate", "export", "report")
 # The config sections each stage's outputs depend on (its own and all earlier stages').
@@ -285,9 +285,8 @@ class Pipeline:
 
     def learned_policy(self):
         """The trained policy as a slate policy over plain session observations (or None)."""
-        import tensorflow as tf
-
         from tfmarl.rl import BanditSlatePolicy, QSlatePolicy
+        from tfmarl.rl.multiagent import MultiAgentSlatePolicy
 
         s, algorithm = self.state, self.config.rl.algorithm
         objects, retriever = s.get("policy_objects"), s["retriever"]
@@ -298,17 +297,7 @@ class Pipeline:
             return QSlatePolicy(objects["q_network"], k, retriever=retriever)
         if algorithm != "multiagent":
             return BanditSlatePolicy(objects["agent"].policy, retriever, k, arm_features=objects["arm_features"])
-        roles, facets = objects["roles"], objects["facets"]
-        act = tf.function(lambda obs: roles.act(obs, sample=False)[0])
-
-        def policy(observation):
-            got = retriever(observation["history"])
-            obs = {"history": observation["history"], "step": observation["step"], "candidates": got["candidates"],
-                   "user_state": got["user_state"], "candidate_facets": facets.item_facet[got["candidates"]]}
-            positions = act({key: tf.convert_to_tensor(v) for key, v in obs.items()}).numpy()
-            return np.take_along_axis(got["candidates"], positions, axis=1)
-
-        return policy
+        return MultiAgentSlatePolicy(objects["roles"], retriever)
 
     def stage_evaluate(self, reuse: bool) -> None:
         from tfmarl.envs import SessionEnvironment, run_episodes

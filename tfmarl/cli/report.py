@@ -100,7 +100,7 @@ def write_report(run_dir, config, state, timings) -> "pathlib.Path":
     """Writes ``report.md`` and its PNG plots into ``run_dir``; returns the report's path."""
     import pathlib
 
-    from tfmarl.data.vocab import atomic_write_text
+    from tfmarl.atomic import atomic_write_text
 
     run_dir = pathlib.Path(run_dir)
     lines = [f"# tfmarl run report: `{run_dir}`", ""]

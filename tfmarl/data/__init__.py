@@ -4,8 +4,7 @@ Importing this package does not import TensorFlow; `tfmarl.data.pipelines` and
 `tfmarl.data.text` do, and are loaded on first use.
 """
 
-import importlib
-
+from tfmarl._lazy import lazy_getattr
 from tfmarl.data.errors import DataError, DataWarning
 from tfmarl.data.interactions import Interactions
 from tfmarl.data.sequences import Sequences, build_sequences
@@ -27,15 +26,7 @@ _LAZY = {
     "next_item_windows": "tfmarl.data.pipelines",
 }
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tfmarl.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_getattr(globals(), _LAZY)
 
 __all__ = [
     "DataError", "DataWarning", "EvalSet", "Interactions", "OOV_INDEX", "PAD_INDEX", "Sequences",

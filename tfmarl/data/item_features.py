@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
-from tfmarl.data.vocab import atomic_write_text
+from tfmarl.atomic import atomic_savez, atomic_write_text
+
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
@@ -110,7 +109,7 @@ class ItemFeatures:
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = self._arrays()
-        _atomic_savez(directory / _ARRAYS_FILE, arrays)
+        atomic_savez(directory / _ARRAYS_FILE, arrays)
         meta = {"format_version": _FORMAT_VERSION, "arrays": sorted(arrays),
                 "category_names": self.category_names, "text_vocabulary": self.text_vocabulary}
         atomic_write_text(directory / _META_FILE, json.dumps(meta))
@@ -319,14 +318,3 @@ def _as_table(value, dtype, name) -> np.ndarray:
 def _check_ids(table, limit, name) -> None:
     if table.size and (table.min() < 0 or table.max() >= limit):
         raise ValueError(f"{name} holds ids outside [0, {limit})")
-
-
-def _atomic_savez(path: pathlib.Path, arrays: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import tempfile
 from typing import Iterable
 
 import numpy as np
+
+from tfmarl.atomic import atomic_write_text
 
 PAD_INDEX = 0
 OOV_INDEX = 1
@@ -85,17 +84,3 @@ class Vocabulary:
 
     def __repr__(self):
         return f"Vocabulary(size={self.size})"
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

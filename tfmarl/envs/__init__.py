@@ -4,8 +4,7 @@
 TF-Agents `PyEnvironment` (importing it loads TF-Agents, hence TensorFlow, on first use).
 """
 
-import importlib
-
+from tfmarl._lazy import lazy_getattr
 from tfmarl.envs.fit import UserModel, fit_user_model
 
 _LAZY = {
@@ -17,14 +16,6 @@ _LAZY = {
     "quality_variety_oracle_policy": "tfmarl.envs.session",
 }
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tfmarl.envs' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_getattr(globals(), _LAZY)
 
 __all__ = ["UserModel", "fit_user_model", *sorted(_LAZY)]

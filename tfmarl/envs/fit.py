@@ -23,12 +23,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from tfmarl.atomic import atomic_savez
 from tfmarl.data.errors import DataError
 from tfmarl.data.interactions import Interactions
 from tfmarl.data.sequences import Sequences, build_sequences
@@ -171,15 +170,7 @@ class UserModel:
             "history_timestamps": self.user_histories.timestamps,
             "train_users": self.train_users, "heldout_users": self.heldout_users,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_savez(path, arrays)
 
     @classmethod
     def load(cls, path) -> "UserModel":

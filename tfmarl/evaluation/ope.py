@@ -24,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import re
-import tempfile
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+from tfmarl.atomic import atomic_savez
 
 __all__ = [
     "BanditLog", "BanditLogWriter", "read_logs", "Estimate", "ips", "snips", "direct_method",
@@ -167,7 +167,7 @@ class BanditLog:
         except (TypeError, ValueError) as err:
             raise ValueError(f"metadata must be JSON-serialisable: {err}") from None
         arrays = dict(self.arrays(), metadata_json=np.array(meta), format_version=np.array(_FORMAT_VERSION))
-        _atomic_savez(path, arrays)
+        atomic_savez(path, arrays)
         return path
 
     @classmethod
@@ -253,21 +253,6 @@ def _check_distribution(probs: np.ndarray, name: str) -> None:
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"{name} rows must sum to 1: row {i} sums to {sums[i]!r}")
-
-
-def _atomic_savez(path: pathlib.Path, arrays: dict) -> None:
-    """np.savez to a temp file beside ``path``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

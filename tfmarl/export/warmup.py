@@ -11,12 +11,12 @@ records (the rest of tfmarl does not need ``tensorflow-serving-api``).
 
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from tfmarl.atomic import atomic_path
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 EXTRA_DIR = "assets.extra"
@@ -106,18 +106,9 @@ def write_warmup_requests(version_dir, histories: Iterable, *, model_name: str =
         raise ValueError(f"TF Serving reads at most {MAX_WARMUP_RECORDS} warm-up records, got {len(requests)}")
 
     path = warmup_path(version_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{WARMUP_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for log in requests:
-                writer.write(log.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
+        for log in requests:
+            writer.write(log.SerializeToString())
     return path
 
 

@@ -3,19 +3,11 @@
 The names load lazily, so ``import tfmarl.serving`` (e.g. for the CLI's options) stays cheap.
 """
 
-import importlib
+from tfmarl._lazy import lazy_getattr
 
 _LAZY = {name: "tfmarl.serving.server" for name in
          ("ModelServer", "RequestError", "serve", "add_arguments", "run", "parse_predict_request")}
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tfmarl.serving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_getattr(globals(), _LAZY)
 
 __all__ = sorted(_LAZY)

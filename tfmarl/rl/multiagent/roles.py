@@ -29,6 +29,7 @@ from tf_agents.specs import tensor_spec
 from tf_agents.utils import common
 
 from tfmarl.rl.multiagent.networks import CandidateValueNetwork, FacetValueNetwork
+from tfmarl.rl.policies import SlatePolicy
 
 BIG = 1e4  # separates proposed items from fill-ins in the composition key
 
@@ -234,3 +235,23 @@ class MultiAgentRoles:
         self._temperature_optimizer.apply_gradients(
             [(tape.gradient(loss, self.log_temperature), self.log_temperature)])
         return entropy
+
+
+class MultiAgentSlatePolicy(SlatePolicy):
+    """Decentralised execution of trained `MultiAgentRoles` on plain session observations
+    (``{"history", "step"}``): retrieval, the roles' values, then the System agent's composition
+    (greedy allocation unless ``sample``)."""
+
+    def __init__(self, roles: MultiAgentRoles, retriever, *, sample: bool = False):
+        super().__init__(roles.slate_size)
+        self._retriever = retriever
+        self._facet_of = roles.facets.item_facet
+        self._act = tf.function(lambda observation: roles.act(observation, sample=sample)[0])
+
+    def __call__(self, observation):
+        got = self._retriever(observation["history"])
+        candidates = got["candidates"]
+        full = {"history": observation["history"], "step": observation["step"], "candidates": candidates,
+                "user_state": got["user_state"], "candidate_facets": self._facet_of[candidates]}
+        positions = self._act({k: tf.convert_to_tensor(v) for k, v in full.items()}).numpy()
+        return np.take_along_axis(candidates, positions, axis=1).astype(np.int32)

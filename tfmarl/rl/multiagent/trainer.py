@@ -26,7 +26,7 @@ from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import trajectory
 from tf_agents.utils import common
 
-from tfmarl.data.vocab import atomic_write_text
+from tfmarl.atomic import atomic_write_text
 from tfmarl.rl.multiagent.reward import AdaptiveReward, novelty_table, slate_diversity
 from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
