@@ -32,6 +32,12 @@ TINY = {
     ({"export": {"warmup": "yes"}}, "export.warmup: expected true or false"),
     ({"pretrain": 3}, "pretrain: expected a mapping"),
     ({"colour": "blue"}, "unknown config key 'colour'"),
+    ({"rl": {"epsilon_start": 5}}, "rl.epsilon_start: must be in [0, 1], got 5"),
+    ({"rl": {"multiagent": {"diversity_floor": -1}}}, "rl.multiagent.diversity_floor: must be >= 0"),
+    ({"rl": {"multiagent": {"facets": 2, "domains": 3}}}, "rl.multiagent.domains: 3 domains need at least"),
+    ({"rl": {"candidates": 20}, "export": {"k": 30}}, "export.k: 30 is more than rl.candidates=20"),
+    ({"rl": {"candidates": 5000}}, "rl.candidates: 5000 is more than the catalog's 1000 items"),
+    ({"rl": {"candidates": 8}, "export": {"k": 5}}, "simulator.session.slate_size: 10 is more than rl.candidates=8"),
 ])
 def test_config_errors_name_the_key_and_the_allowed_values(values, message):
     with pytest.raises(ConfigError) as error:
@@ -83,7 +89,15 @@ def test_pipeline_runs_every_stage_and_writes_a_report(tiny_run):
         assert (run / png).stat().st_size > 1000
     assert (root / "models" / "tiny" / "1" / "saved_model.pb").exists()
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
-    assert (run / "tensorboard" / "pretrain" / "projector" / "projector_config.pbtxt").exists()
+    projector = run / "tensorboard" / "pretrain" / "projector"
+    assert (projector / "projector_config.pbtxt").exists()
+    # TensorBoard lists the projector folder as a run, so its Projector tab finds the config there.
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    runs = EventMultiplexer().AddRunsFromDirectory(str(run / "tensorboard")).Runs()
+    assert "pretrain/projector" in runs
+    rows = (projector / "metadata.tsv").read_text().splitlines()
+    assert rows[0] == "title\tid" and len(rows) == 1 + 60  # header, then one row per item
 
 
 def test_pipeline_resumes_and_reruns_only_what_changed(tiny_run, capsys):
@@ -110,3 +124,34 @@ def test_export_and_simulate_commands(tiny_run, capsys):
     assert main(["simulate", str(path), "--no-progress", "--policies", "random,learned", "--episodes", "8"]) == 0
     table = capsys.readouterr().out
     assert "random" in table and "learned" in table
+
+
+def test_interrupted_rl_stage_resumes_from_its_checkpoint(tiny_run, capsys):
+    root, path = tiny_run
+    run = root / "run"
+    checkpoints = {p.name for p in (run / "rl" / "checkpoints").iterdir()}
+    assert len(checkpoints) == 1  # one folder: the current configuration's
+    (run / "stages" / "rl.json").unlink()  # as if the run died after the last checkpoint
+    assert main(["train", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "== pretrain (finished earlier: loading)" in out and "== rl\n" in out
+    result = json.loads((run / "rl" / "result.json").read_text())
+    assert result["curve"] == []  # restored at the final step: nothing left to train
+    assert {p.name for p in (run / "rl" / "checkpoints").iterdir()} == checkpoints
+
+
+def test_a_changed_earlier_stage_retrains_rl_instead_of_restoring_it(tiny_run, capsys):
+    root, path = tiny_run
+    run = root / "run"
+    before = {stage: {p.name for p in (run / stage / "checkpoints").iterdir()} for stage in ("pretrain", "rl")}
+    config = yaml.safe_load(path.read_text())
+    config["pretrain"]["epochs"] = 2
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "== pretrain\n" in out and "== rl\n" in out
+    result = json.loads((run / "rl" / "result.json").read_text())
+    assert result["curve"] and result["curve"][-1]["step"] == config["rl"]["steps"]  # trained from scratch
+    for stage, names in before.items():
+        after = {p.name for p in (run / stage / "checkpoints").iterdir()}
+        assert len(after) == 1 and after.isdisjoint(names), stage  # the old configuration's state is gone

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import pathlib
 import typing
 
@@ -226,8 +227,10 @@ def _check_values(config, where):
             raise ConfigError(f"{path}: must be positive, got {value}")
         if f.name in ("dropout", "heldout_fraction") and not 0 <= value < 1:
             raise ConfigError(f"{path}: must be in [0, 1), got {value}")
-        if f.name == "gamma" and not 0 <= value <= 1:
+        if f.name in ("gamma", "epsilon_start", "epsilon_end") and not 0 <= value <= 1:
             raise ConfigError(f"{path}: must be in [0, 1], got {value}")
+        if f.name.endswith("_floor") and value < 0:
+            raise ConfigError(f"{path}: must be >= 0, got {value}")
     if isinstance(config, EvaluateConfig):
         bad = [b for b in config.baselines if b not in BASELINES]
         if bad:
@@ -254,7 +257,32 @@ def _check_values(config, where):
 
 def config_from_dict(values: dict) -> Config:
     """Validates a nested dict (e.g. parsed YAML) into a `Config`."""
-    return _build(Config, values, "")
+    config = _build(Config, values, "")
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    """Checks between sections, so that a run does not fail after hours of pretraining."""
+    from tfmarl.envs.session import SessionConfig
+
+    rl, ma = config.rl, config.rl.multiagent
+    slate_size = SessionConfig(**config.simulator.session).slate_size
+    if config.data.source == "synthetic" and rl.candidates > config.data.synthetic.n_items:
+        raise ConfigError(f"rl.candidates: {rl.candidates} is more than the catalog's "
+                          f"{config.data.synthetic.n_items} items (data.synthetic.n_items)")
+    if rl.algorithm != "none":
+        if config.export.k > rl.candidates:
+            raise ConfigError(f"export.k: {config.export.k} is more than rl.candidates={rl.candidates}, the "
+                              "items the learned policy chooses among")
+        if slate_size > rl.candidates:
+            raise ConfigError(f"simulator.session.slate_size: {slate_size} is more than rl.candidates={rl.candidates}")
+    if rl.algorithm == "multiagent" and ma.domains > ma.facets:
+        raise ConfigError(f"rl.multiagent.domains: {ma.domains} domains need at least as many facets "
+                          f"(rl.multiagent.facets={ma.facets})")
+    if config.export.retrieval == "scann" and importlib.util.find_spec("scann") is None:
+        raise ConfigError("export.retrieval: 'scann' needs the scann package (pip install scann); "
+                          "choose brute_force or exact otherwise")
 
 
 def load_config(path) -> Config:

@@ -67,6 +67,23 @@ class Pipeline:
                           json.dumps({"config_hash": self._hash(stage), "seconds": seconds,
                                       "finished": time.time(), **extra}, indent=2))
 
+    def _checkpoints(self, stage: str) -> pathlib.Path:
+        """Where ``stage`` checkpoints an interrupted run: one folder per configuration hash, so a
+        changed configuration never restores another configuration's state."""
+        return self.run_dir / stage / "checkpoints" / self._hash(stage)
+
+    def _clear_stale_checkpoints(self, stage: str, *, upstream_ran: bool) -> None:
+        """Before ``stage`` runs: keep only the checkpoints it can resume from, i.e. those of its
+        current configuration, and none at all when an earlier stage has just produced new outputs
+        (they were made from the old ones)."""
+        root = self.run_dir / stage / "checkpoints"
+        if not root.is_dir():
+            return
+        keep = None if upstream_ran else self._checkpoints(stage)
+        for path in root.iterdir():
+            if path != keep:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
     def say(self, text: str) -> None:
         print(text, file=self.out or sys.stdout, flush=True)
 
@@ -79,6 +96,8 @@ class Pipeline:
         invalid = False
         for stage in STAGES[: last + 1]:
             reuse = not invalid and self._done(stage)
+            if not reuse:
+                self._clear_stale_checkpoints(stage, upstream_ran=invalid)
             started = time.perf_counter()
             self.say(f"\n== {stage}{' (finished earlier: loading)' if reuse else ''}")
             getattr(self, f"stage_{stage}")(reuse)
@@ -170,7 +189,7 @@ class Pipeline:
             result = pretrain(model, s["split"].train, s["split"].valid, epochs=cfg.epochs, batch_size=cfg.batch_size,
                               learning_rate=cfg.learning_rate, patience=cfg.patience, seed=self.config.seed,
                               log_dir=self.run_dir / "tensorboard" / "pretrain",
-                              checkpoint_dir=out / "checkpoints", histogram_freq=1,
+                              checkpoint_dir=self._checkpoints("pretrain"), histogram_freq=1,
                               verbose=1 if self.progress and sys.stdout.isatty() else 2)
             history = {**result.history, "best_epoch": result.best_epoch, "best_val_ndcg@10": result.best_metric,
                        "targets_per_second": result.targets_per_second, "train_seconds": result.train_seconds}
@@ -233,7 +252,7 @@ class Pipeline:
             env = CandidateSessionEnvironment(session, s["retriever"], cfg.candidates)
             agent, q_network = make_dqn_agent(env, s["model"], gamma=cfg.gamma)
             result = train_dqn(agent, q_network, env, cfg.steps, epsilon=epsilon, seed=self.config.seed,
-                               log_dir=log_dir, checkpoint_dir=out / "checkpoints", progress=self.progress)
+                               log_dir=log_dir, checkpoint_dir=self._checkpoints("rl"), progress=self.progress)
             s["policy_objects"] = {"agent": agent, "q_network": q_network}
         else:
             from tfmarl.envs.bandit import PerArmBanditEnvironment
@@ -245,7 +264,7 @@ class Pipeline:
                                           seed=self.config.seed, arm_features=features)
             agent = make_bandit_agent(cfg.algorithm, env, encoding_network_num_train_steps=cfg.steps // 3)
             result = train_bandit(agent, env, cfg.steps, seed=self.config.seed, log_dir=log_dir,
-                                  checkpoint_dir=out / "checkpoints", progress=self.progress)
+                                  checkpoint_dir=self._checkpoints("rl"), progress=self.progress)
             s["policy_objects"] = {"agent": agent, "arm_features": features}
         summary = {"algorithm": cfg.algorithm, "steps": cfg.steps, "seconds": result.seconds,
                    "env_steps_per_second": result.env_steps_per_second,
@@ -278,7 +297,7 @@ class Pipeline:
                                 learning_rate=ma.learning_rate)
         trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, s["counts"],
                                     reward=AdaptiveReward(floors, adapt=ma.adaptive_reward), epsilon=epsilon,
-                                    seed=self.config.seed, checkpoint_dir=out / "checkpoints", log_dir=log_dir)
+                                    seed=self.config.seed, checkpoint_dir=self._checkpoints("rl"), log_dir=log_dir)
         result = trainer.run(steps, log_every=max(steps // 50, 1), progress=self.progress)
         s["policy_objects"] = {"roles": roles, "facets": facets, "floors": floors}
         return result
@@ -358,10 +377,12 @@ class Pipeline:
             elif algorithm == "dqn":
                 score, variables = q_network_scorer(objects["q_network"], history_length), objects["q_network"].variables
             else:
-                score = bandit_scorer(objects["agent"].policy, model, arm_features=objects["arm_features"])
+                score = bandit_scorer(objects["agent"].policy, model, arm_features=objects["arm_features"],
+                                      history_length=history_length)
                 variables = objects["agent"].policy.variables()
             path = export_candidate_recommender(model, score, cfg.dir, variables=variables, k=cfg.k,
-                                                num_candidates=candidates, metadata=meta, warmup=cfg.warmup)
+                                                num_candidates=candidates, retrieval=cfg.retrieval, metadata=meta,
+                                                warmup=cfg.warmup)
         s["export"] = {"path": str(path), "model_base_path": cfg.dir}
         atomic_write_text(record, json.dumps(s["export"], indent=2))
         self.say(f"   wrote {path}")

@@ -40,4 +40,11 @@ def write_embedding_projector(log_dir, vectors, titles, *, ids=None) -> pathlib.
     embedding.tensor_name = TENSOR_NAME
     embedding.metadata_path = "metadata.tsv"
     projector.visualize_embeddings(str(log_dir), config)
+    # TensorBoard's projector only looks in runs (folders holding event files) and the logdir
+    # root: an event file makes this folder a run wherever it sits under --logdir.
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        tf.summary.text("projector", f"{len(vectors)} item embeddings of dimension {vectors.shape[1]}; "
+                        "labels in metadata.tsv", step=0)
+    writer.close()
     return log_dir
