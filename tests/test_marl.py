@@ -278,3 +278,21 @@ print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "scores"
     assert np.isfinite(out["scores"]).all()
     info = json.loads((tmp_path / "marl" / "2" / "assets.extra" / "tfmarl.json").read_text())
     assert info["step"] == 12
+
+    # The export serves the slates the trained policy composes at session start ...
+    from tfmarl.rl.multiagent import MultiAgentSlatePolicy
+
+    history = env.reset().observation["history"]
+    requests = model.item_vocabulary.decode(history).astype(str)
+    serve = tf.saved_model.load(str(tmp_path / "marl" / "2")).signatures["serving_default"]
+    served = serve(history=tf.constant(requests))["item_ids"].numpy().astype(str)
+    slates = MultiAgentSlatePolicy(roles, retriever)({"history": history, "step": np.zeros(len(history), np.int32)})
+    np.testing.assert_array_equal(served, model.item_vocabulary.decode(slates).astype(str))
+    # ... and, like the roles in training, sees only the last history_length items of a longer history.
+    score = multiagent_scorer(roles, model, facets, history_length=5)
+    assert (history > 1).all()  # every visible history is full: 5 known items
+    longer = np.concatenate([np.roll(history, 1, axis=1), history], axis=1)  # 10 items, the same last 5
+    candidates = tf.constant(retriever(history)["candidates"])
+    for a, b in zip(score(tf.constant(longer), candidates, retriever.item_vectors),
+                    score(tf.constant(history), candidates, retriever.item_vectors)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

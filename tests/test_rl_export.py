@@ -197,7 +197,7 @@ def test_policy_saver_exports_run_without_tf_agents(policy_reload, rl_world):
 def test_export_at_the_largest_allowed_num_candidates_recommends_only_new_real_items(rl_world, requests, tmp_path):
     largest = rl_world.user_model.num_items - 2
 
-    def prefer_low_indices(history, candidates):  # any scorer is allowed; this one likes the masked ones
+    def prefer_low_indices(history, candidates, item_vectors):  # any scorer is allowed; this one likes the masked ones
         return -tf.cast(candidates, tf.float32)
 
     path = export_candidate_recommender(rl_world.model, prefer_low_indices, tmp_path, k=K, num_candidates=largest)

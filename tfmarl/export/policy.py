@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import pathlib
 import time
-import types
 
 import tensorflow as tf
 
 import tfmarl
-from tfmarl.agents.system import mask_excluded
 from tfmarl.agents.blocks import NEG_INF, history_window
-from tfmarl.export.savedmodel import SIGNATURE_KEY, history_indices, lookup_table, save_servable, write_version
+from tfmarl.export.savedmodel import SIGNATURE_KEY, RecommenderServing, history_indices, save_servable, write_version
 
 
 def save_policy(policy, export_dir, *, batch_size: int | None = None) -> pathlib.Path:
@@ -32,10 +30,18 @@ def save_policy(policy, export_dir, *, batch_size: int | None = None) -> pathlib
     return write_version(export_dir, lambda path: saver.save(str(path)))
 
 
+def observed_user_state(model, history, history_length: int, item_vectors):
+    """The pretrained user state RL policies observe in the simulator (`CandidateRetriever` on the
+    visible history): of the last ``history_length`` items, the last ``max_length`` the model reads."""
+    window = history_window(history, min(history_length, model.max_length))
+    return model.user_state(window, item_vectors, training=False)
+
+
 def q_network_scorer(q_network, history_length: int):
     """Scores candidates with a `CandidateQNetwork` (state at session start: step 0)."""
 
-    def score(history, candidates):
+    def score(history, candidates, item_vectors):
+        del item_vectors  # the Q-network encodes items with its own (fine-tuned) Content agent
         history = history_window(history, history_length, history_length)
         step = tf.zeros([tf.shape(history)[0]], tf.int32)
         q, _ = q_network({"history": history, "step": step, "candidates": candidates}, training=False)
@@ -45,16 +51,16 @@ def q_network_scorer(q_network, history_length: int):
     return score
 
 
-def bandit_scorer(policy, model, *, arm_features: str = "item"):
+def bandit_scorer(policy, model, *, arm_features: str = "item", history_length: int = 20):
     """Scores candidates with a per-arm bandit policy's mean reward estimates; the global and
-    per-arm features are built in-graph from ``model`` (the pretrained recommender), as in
-    `tfmarl.envs.PerArmBanditEnvironment`."""
+    per-arm features are built in-graph as in `tfmarl.envs.PerArmBanditEnvironment`: the
+    pretrained user state of the last ``history_length`` items (the simulator's visible history)
+    and the frozen item vectors."""
     from tf_agents.trajectories import time_step as ts
 
-    def score(history, candidates):
-        items = model.item_vectors(training=False)
-        state = model.user_state(history, items, training=False)
-        arms = tf.gather(items, candidates)
+    def score(history, candidates, item_vectors):
+        state = observed_user_state(model, history, history_length, item_vectors)
+        arms = tf.gather(item_vectors, candidates)
         if arm_features == "crossed":
             arms = tf.concat([arms, state[:, None, :] * arms], axis=-1)
         b = tf.shape(history)[0]
@@ -68,18 +74,18 @@ def bandit_scorer(policy, model, *, arm_features: str = "item"):
 def multiagent_scorer(roles, model, facets, *, history_length: int = 20):
     """Scores candidates with the multi-agent policy (`tfmarl.rl.multiagent.MultiAgentRoles`):
     the User agent's facet allocation, the Content agents' proposals and the System agent's
-    composition, greedily (largest-remainder allocation), at session start (step 0). Returns
-    (composition key, critic value) so the export's top K is the composed slate."""
+    composition, greedily (largest-remainder allocation), at session start (step 0), from the
+    last ``history_length`` items as in training. Returns (composition key, critic value) so the
+    export's top K is the composed slate."""
     from tfmarl.rl.multiagent.roles import compose_slate
 
     facet_table = tf.constant(facets.item_facet)
 
-    def score(history, candidates):
-        items = model.item_vectors(training=False)
-        state = model.user_state(history, items, training=False)
-        observation = {"history": history_window(history, history_length, history_length), "step": tf.zeros_like(history[:, 0]),
-                       "candidates": candidates, "candidate_facets": tf.gather(facet_table, candidates),
-                       "user_state": state}
+    def score(history, candidates, item_vectors):
+        history = history_window(history, history_length, history_length)
+        observation = {"history": history, "step": tf.zeros_like(history[:, 0]), "candidates": candidates,
+                       "candidate_facets": tf.gather(facet_table, candidates),
+                       "user_state": observed_user_state(model, history, history_length, item_vectors)}
         q_user, content_q, critic_q = roles.values(observation)
         _, key = compose_slate(roles.facet_probabilities(q_user), content_q, critic_q,
                                observation["candidate_facets"], roles.slate_size, sample=False)
@@ -88,33 +94,25 @@ def multiagent_scorer(roles, model, facets, *, history_length: int = 20):
     return score
 
 
-class CandidateRecommenderServing(tf.Module):
-    """history strings -> pretrained retrieval (top N, history excluded) -> ``score(history,
-    candidates)`` -> top K."""
+class CandidateRecommenderServing(RecommenderServing):
+    """history strings -> pretrained retrieval of ``num_candidates`` (frozen catalog, as in
+    `RecommenderServing`; history excluded) -> ``score(history, candidates, item_vectors)`` ->
+    top K."""
 
-    def __init__(self, model, score, vocabulary, *, k: int, num_candidates: int, variables):
-        super().__init__(name="tfmarl_rl_recommender")
-        # Held outside tf.Module tracking (a plain namespace): only the variables are exported,
-        # not the Keras objects' own serialisations.
-        self._fn = types.SimpleNamespace(model=model, score=score)
-        self.tracked_variables = list(model.variables) + list(variables)
-        self.table = lookup_table(vocabulary)
-        self.item_strings = tf.constant(["", "[OOV]"] + vocabulary.tokens, tf.string)
-        self.k, self.num_candidates, self.max_length = int(k), int(num_candidates), int(model.max_length)
+    def __init__(self, model, score, vocabulary, *, k: int, num_candidates: int, variables,
+                 retrieval: str = "brute_force"):
+        super().__init__(model, vocabulary, k, model.max_length, retrieval, name="tfmarl_rl_recommender")
+        self._fn.score = score  # a plain namespace: only variables are exported
+        self.num_candidates = int(num_candidates)
+        self.scorer_variables = list(variables)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def serve(self, history):
-        indices = history_indices(self.table, history)
-        window = history_window(indices, self.max_length)
-        model = self._fn.model
-        items = model.item_vectors(training=False)
-        state = model.user_state(window, items, training=False)
-        retrieval = tf.math.top_k(mask_excluded(model.system_agent.score(state, items), indices), k=self.num_candidates)
-        candidates = retrieval.indices
+        window, candidates, values = self.retrieve(history_indices(self.table, history), self.num_candidates)
         # Users who consumed most of the catalog get masked candidates (padding, OOV, history):
         # they must never outrank a real one, whatever the scorer says.
-        valid = retrieval.values > NEG_INF / 2
-        scores = self._fn.score(window, candidates)
+        valid = values > NEG_INF / 2
+        scores = self._fn.score(window, candidates, tf.convert_to_tensor(self.item_vectors))
         # A scorer may return (ranking key, reported score): e.g. a composed slate ranks by its
         # composition but reports its critic's values.
         key, reported = scores if isinstance(scores, tuple) else (scores, scores)
@@ -126,14 +124,17 @@ class CandidateRecommenderServing(tf.Module):
 
 
 def export_candidate_recommender(model, score, export_dir, *, variables=(), k: int = 10, num_candidates: int = 50,
-                                 metadata: dict | None = None, warmup: bool = True) -> pathlib.Path:
+                                 retrieval: str = "brute_force", metadata: dict | None = None,
+                                 warmup: bool = True) -> pathlib.Path:
     """Exports retrieval (``model``, a pretrained `SequentialRecommender` with an item
     vocabulary) followed by a learned candidate scorer as version ``<n+1>`` of ``export_dir``.
 
     Args:
-      score: ``(history int32 [B, L], candidates int32 [B, N]) -> scores [B, N]``, e.g.
-        `q_network_scorer` or `bandit_scorer`.
+      score: ``(history int32 [B, L], candidates int32 [B, N], item_vectors float32 [num_items, D])
+        -> scores [B, N]`` (or ``(ranking key, reported scores)``), e.g. `q_network_scorer`,
+        `bandit_scorer` or `multiagent_scorer`; ``item_vectors`` is the frozen catalog.
       variables: the scorer's variables (so the SavedModel holds them).
+      retrieval: how the ``num_candidates`` are retrieved, as in `export_recommender`.
       warmup: also write TF Serving warm-up requests.
     """
     vocabulary = getattr(model, "item_vocabulary", None)
@@ -145,9 +146,10 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
     if expected is not None and expected != num_candidates:
         raise ValueError(f"the scorer was built for {expected} candidates, not num_candidates={num_candidates}")
     module = CandidateRecommenderServing(model, score, vocabulary, k=k, num_candidates=num_candidates,
-                                         variables=variables)
-    info = {"tfmarl_version": tfmarl.__version__, "k": k, "num_candidates": num_candidates, "signature": SIGNATURE_KEY,
-            "num_items": int(model.num_items), "created": time.time(), **(metadata or {})}
+                                         variables=variables, retrieval=retrieval)
+    info = {"tfmarl_version": tfmarl.__version__, "k": k, "num_candidates": num_candidates,
+            "retrieval": module.retrieval, "signature": SIGNATURE_KEY, "num_items": int(model.num_items),
+            "created": time.time(), **(metadata or {})}
 
     warm = (vocabulary, pathlib.Path(export_dir).name, module.max_length) if warmup else None
     return write_version(export_dir, lambda path: save_servable(module, path, info, warm))

@@ -65,8 +65,9 @@ class RecommenderServing(tf.Module):
     (MLP/DCN) system agents always use ``"exact"``. Holds variables only, not the Keras objects.
     """
 
-    def __init__(self, model, vocabulary: Vocabulary, k: int, max_length: int, retrieval: str = "brute_force"):
-        super().__init__(name="tfmarl_recommender")
+    def __init__(self, model, vocabulary: Vocabulary, k: int, max_length: int, retrieval: str = "brute_force",
+                 name: str = "tfmarl_recommender"):
+        super().__init__(name=name)
         if vocabulary.size != model.num_items:
             raise ValueError(f"vocabulary has {vocabulary.size} indices, model {model.num_items}")
         if retrieval not in RETRIEVALS:
@@ -95,25 +96,28 @@ class RecommenderServing(tf.Module):
         self.table = lookup_table(vocabulary)
         self.item_strings = tf.constant(["", "[OOV]"] + vocabulary.tokens, tf.string)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
-    def serve(self, history):
-        indices = history_indices(self.table, history)
+    def retrieve(self, indices, k):
+        """The top ``k`` items for histories ``indices`` int32 [B, L] (history and reserved indices
+        excluded; when fewer than ``k`` remain the rest score `NEG_INF`): (window [B, <=max_length],
+        items int32 [B, k], scores [B, k]). Call inside the serving graph."""
         window = history_window(indices, self.max_length)
         # One dense read of the catalog: a sparse gather straight from the variable would switch it
         # to a mode where every later read copies the whole table.
         vectors = tf.convert_to_tensor(self.item_vectors)
         state = self._fn.user_agent(tf.gather(vectors, window), mask=window > 0, training=False)
         if self.retrieval == "exact":
-            scores = self._fn.system_agent.score(state, vectors)
-            top = tf.math.top_k(mask_excluded(scores, indices), k=self.k)
-            items, values = top.indices, top.values
-        else:
-            # Enough neighbours that K remain after dropping the history and reserved indices.
-            extra = tf.shape(indices)[1] + NUM_RESERVED
-            values, items = self.index(state, k=tf.minimum(self.k + extra, tf.shape(vectors)[0]))
-            excluded = (items < NUM_RESERVED) | tf.reduce_any(items[:, :, None] == indices[:, None, :], axis=-1)
-            top = tf.math.top_k(tf.where(excluded, NEG_INF, values), k=self.k)
-            items, values = tf.gather(items, top.indices, batch_dims=1), top.values
+            top = tf.math.top_k(mask_excluded(self._fn.system_agent.score(state, vectors), indices), k=k)
+            return window, top.indices, top.values
+        # Enough neighbours that k remain after dropping the history and reserved indices.
+        extra = tf.shape(indices)[1] + NUM_RESERVED
+        values, items = self.index(state, k=tf.minimum(k + extra, tf.shape(vectors)[0]))
+        excluded = (items < NUM_RESERVED) | tf.reduce_any(items[:, :, None] == indices[:, None, :], axis=-1)
+        top = tf.math.top_k(tf.where(excluded, NEG_INF, values), k=k)
+        return window, tf.gather(items, top.indices, batch_dims=1), top.values
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
+    def serve(self, history):
+        _, items, values = self.retrieve(history_indices(self.table, history), self.k)
         return {"item_ids": tf.gather(self.item_strings, items), "scores": values}
 
 
