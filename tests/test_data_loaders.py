@@ -514,6 +514,45 @@ def test_generic_bad_rating(tmp_path, value):
     raises_data_error(load_log, path, rating="r", path=path, line=3, column="r")
 
 
+@pytest.mark.parametrize("rows, line, column, problem", [
+    (["1,10,1", "-1,11,2"], 3, "user", "user id '-1' is negative"),
+    (["1,10,1", "2,99999999999999999999999,2"], 3, "item", "item id '99999999999999999999999' is implausibly large"),
+    (["1,+10,1", "2, -7 ,2", "3,-12,3"], 3, "item", "item id ' -7 ' is negative"),  # the first bad line
+])
+def test_generic_numeric_ids_must_be_plausible(tmp_path, rows, line, column, problem):
+    # The README promises a DataError for negative or absurd ids; MovieLens ids are checked the same way.
+    path = write_lines(tmp_path / "events.csv", ["user,item,ts"] + rows)
+    raises_data_error(load_log, path, path=path, line=line, column=column, match=problem)
+
+
+def test_generic_numeric_id_columns_must_be_plausible(tmp_path):
+    log = pd.DataFrame({"u": np.array([4, -2, 5]), "i": [1.0, 2.0, -3.5], "t": [1, 2, 3]})
+    log.to_parquet(tmp_path / "int.parquet")
+    error = raises_data_error(load_interactions, tmp_path / "int.parquet", user="u", item="i", timestamp="t",
+                              column="u", match="user id '-2' is negative")
+    assert "row 1" in str(error)
+    log.assign(u=[4, 2, 5]).to_parquet(tmp_path / "float.parquet")
+    error = raises_data_error(load_interactions, tmp_path / "float.parquet", user="u", item="i", timestamp="t",
+                              column="i", match="item id '-3.5' is negative")
+    assert "row 2" in str(error)
+    items = write_lines(tmp_path / "items.csv", ["item_id,title", "10,Ten", "-10,Minus ten"])
+    raises_data_error(load_log, write_lines(tmp_path / "events.csv", ["user,item,ts", "1,10,1"]), items=items,
+                      path=items, line=3, column="item_id", match="item id '-10' is negative")
+
+
+def test_generic_ids_that_are_names_or_large_codes_are_kept(tmp_path):
+    # Only ids that all read as integers are range-checked: "-1" among names is a name too. Large
+    # numeric ids (13-digit barcodes, 64-bit hashes) are plausible in a free-form log.
+    lines = ["user,item,ts", "sku-12,4006381333931,1", "-1,9223372036854775807,2", "-x,007,3"]
+    log = load_log(write_lines(tmp_path / "events.csv", lines)).log
+    assert log["user_id"].tolist() == ["sku-12", "-1", "-x"]
+    assert log["item_id"].tolist() == ["4006381333931", "9223372036854775807", "007"]
+    pd.DataFrame({"u": np.array([0, 2**62], dtype=np.int64), "i": ["a", "b"], "t": [1, 2]}).to_parquet(
+        tmp_path / "l.parquet")
+    assert load_interactions(tmp_path / "l.parquet", user="u", item="i", timestamp="t").log["user_id"].tolist() == [
+        "0", str(2**62)]
+
+
 def test_parquet_null_id_names_column_and_row(tmp_path):
     pd.DataFrame({"u": ["a", None], "i": ["b", "c"], "t": [1, 2]}).to_parquet(tmp_path / "l.parquet")
     error = raises_data_error(load_interactions, tmp_path / "l.parquet", user="u", item="i", timestamp="t", column="u")

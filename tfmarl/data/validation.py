@@ -30,6 +30,11 @@ ON_DUPLICATES = ("warn", "drop", "error")
 # Timestamps at or beyond this many seconds (about the year 5138) are almost surely milliseconds.
 _MAX_ABS_SECONDS = 10**11
 _SHOWN_LINES = 5
+# Ids above these are corrupt or mis-parsed values. Formats known to number their ids densely
+# (MovieLens) use the tight bound; a free-form log may hold 13-digit barcodes or 64-bit hashes,
+# so only what no int64 holds is absurd there.
+_MAX_DENSE_ID = 2**31
+_MAX_ANY_ID = 2**63
 # Stands in for a multi-character separator, which the CSV reader cannot split on.
 _UNIT_SEPARATOR = "\x1f"
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -325,7 +330,12 @@ def _numbers(values: pd.Series) -> np.ndarray:
 
 
 def string_ids(values: pd.Series, locator: Locator, column: str, what: str) -> pd.Series:
-    """Ids as strings, unchanged if already strings; DataError for an empty or missing id."""
+    """Ids as strings, unchanged if already strings; DataError for an empty or missing id.
+
+    A numeric column, or one whose ids are all integers written out, must also hold no negative
+    or absurdly large (beyond int64) id, as the README promises: there "-1" is a sentinel or a
+    sign error, not a name. Other strings ("sku-12", "-x") are names and stay free-form.
+    """
     if pd.api.types.is_float_dtype(values):
         finite = np.isfinite(values.to_numpy())
         if finite.all() and (values == np.round(values)).all():
@@ -337,26 +347,41 @@ def string_ids(values: pd.Series, locator: Locator, column: str, what: str) -> p
     empty = (strings.str.strip() == "").to_numpy()
     if empty.any():
         raise locator.error(_first(empty), f"empty {what}", column)
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        _check_numeric_ids(_numbers(values), strings, locator, column, what, _MAX_ANY_ID, whole=False)
+    else:
+        numbers = _numbers(strings)  # cheap; the regex only runs on columns that are all numbers
+        if np.isfinite(numbers).all() and strings.str.fullmatch(r"\s*[+-]?[0-9]+\s*").all():
+            _check_numeric_ids(numbers, strings, locator, column, what, _MAX_ANY_ID)
     return strings
 
 
 def integer_ids(values: pd.Series, locator: Locator, column: str, what: str) -> np.ndarray:
     """Numeric ids as int64; DataError for an empty, non-integer, negative or > 2**31 one."""
     numbers = _numbers(values)
-    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers)) | (numbers < 0) | (numbers > 2**31)
-    if bad.any():
-        row = _first(bad)
+    _check_numeric_ids(numbers, values, locator, column, what, _MAX_DENSE_ID)
+    return numbers.astype(np.int64)
+
+
+def _check_numeric_ids(numbers: np.ndarray, values: pd.Series, locator: Locator, column: str, what: str,
+                       limit: int, *, whole: bool = True) -> None:
+    """DataError naming the first id that is empty, not a number (or, if ``whole``, not an
+    integer), negative or over ``limit``; ``numbers`` are ``values`` as float64."""
+    valid = (numbers >= 0) & (numbers <= limit)  # False for NaN
+    if whole:
+        valid &= numbers == np.round(numbers)
+    if not valid.all():
+        row = _first(~valid)
         raw, number = values.iloc[row], numbers[row]
         if isinstance(raw, str) and not raw.strip():
             problem = f"empty {what}"
-        elif not np.isfinite(number) or number != np.round(number):
+        elif np.isnan(number) or (whole and (not np.isfinite(number) or number != np.round(number))):
             problem = f"{what} {raw!r} is not an integer"
         elif number < 0:
             problem = f"{what} {raw!r} is negative"
         else:
-            problem = f"{what} {raw!r} is implausibly large (over 2**31)"
+            problem = f"{what} {raw!r} is implausibly large (over 2**{limit.bit_length() - 1})"
         raise locator.error(row, problem, column)
-    return numbers.astype(np.int64)
 
 
 def id_strings(ids: np.ndarray) -> pd.Series:

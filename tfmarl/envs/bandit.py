@@ -9,6 +9,7 @@ from tf_agents.bandits.environments import bandit_py_environment
 from tf_agents.bandits.specs import utils as bandit_spec_utils
 from tf_agents.specs import array_spec
 
+from tfmarl.envs.candidates import check_indices
 from tfmarl.envs.fit import UserModel
 from tfmarl.envs.session import SessionConfig, SessionEnvironment
 
@@ -86,20 +87,27 @@ class PerArmBanditEnvironment(bandit_py_environment.BanditPyEnvironment):
         # Click probability of each candidate shown alone (oracle), for rewards and regret.
         self._arm_probs = self._session.oracle_click_probabilities()[np.arange(self.batch_size)[:, None],
                                                                       self.candidates]
+        # Checked here: a NaN probability would otherwise lose every comparison and pay 0 silently.
+        broken = ~np.isfinite(self._arm_probs).all(axis=1)
+        if broken.any():
+            rows = np.flatnonzero(broken)
+            users = self._session._user[rows]
+            raise FloatingPointError(
+                f"non-finite click probabilities for batch elements {rows.tolist()} (users {users.tolist()}): "
+                "the user model holds NaN/inf parameters")
         return {bandit_spec_utils.GLOBAL_FEATURE_KEY: state, bandit_spec_utils.PER_ARM_FEATURE_KEY: arms}
 
     def _apply_action(self, action):
         action = np.asarray(action).reshape(-1)
-        if action.shape != (self.batch_size,) or action.min() < 0 or action.max() >= self._n:
-            raise ValueError(f"actions must be {self.batch_size} arm indices in [0, {self._n}), got {action}")
+        what = f"actions must be {self.batch_size} arm indices"
+        if action.shape != (self.batch_size,):
+            raise ValueError(f"{what} in [0, {self._n}); got shape {action.shape} after flattening: {action}")
+        action = check_indices(action, self._n, what)
         p = self._arm_probs[np.arange(self.batch_size), action]
         self.last_expected_reward = p
         self.last_optimal_reward = self._arm_probs.max(axis=1)
         self.last_regret = self.last_optimal_reward - p
-        reward = (self._rng.random(self.batch_size) < p).astype(np.float32)
-        if not np.isfinite(reward).all():
-            raise FloatingPointError("bandit reward is not finite")
-        return reward
+        return (self._rng.random(self.batch_size) < p).astype(np.float32)  # _observe checked p is finite
 
     def expected_rewards(self) -> np.ndarray:
         """ORACLE: click probability of every current candidate shown alone, [B, N]."""

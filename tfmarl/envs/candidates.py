@@ -12,6 +12,32 @@ from tf_agents.trajectories import time_step as ts
 from tfmarl.envs.session import SessionEnvironment
 
 
+def check_indices(action, n: int, what: str) -> np.ndarray:
+    """``action`` as int64 indices into a list of ``n`` (slate positions, bandit arms).
+
+    Mirrors `SessionEnvironment._check_action`, whose checks are tied to item indices: a float
+    action would otherwise be floored silently or fail deep in numpy indexing. The ValueError,
+    ``"{what} in [0, n); got ..."``, names the dtype and shape, or the first entry out of range.
+    """
+    a = np.asarray(action)
+    if not np.issubdtype(a.dtype, np.integer):
+        example = ""
+        if a.size:
+            first = 0
+            if np.issubdtype(a.dtype, np.floating):  # show a value that is not a whole number, if any
+                odd = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))
+                first = int(odd[0]) if odd.size else 0
+            where = np.unravel_index(first, a.shape)
+            example = f", e.g. action[{', '.join(map(str, where))}] = {a[where]}"
+        raise ValueError(f"{what} in [0, {n}); got non-integer dtype {a.dtype} with shape {a.shape}{example}")
+    bad = (a < 0) | (a >= n)
+    if bad.any():
+        where = [int(x[0]) for x in np.nonzero(bad)]
+        raise ValueError(f"{what} in [0, {n}); got action[{', '.join(map(str, where))}] = {a[tuple(where)]} "
+                         f"(values in [{a.min()}, {a.max()}])")
+    return a.astype(np.int64)
+
+
 class CandidateSessionEnvironment(py_environment.PyEnvironment):
     """Wraps a `SessionEnvironment` so that a policy picks its slate among N retrieved candidates.
 
@@ -102,10 +128,15 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
         if positions.shape != (self.batch_size, self._action_spec.shape[0]):
             raise ValueError(f"slate positions must have shape {(self.batch_size, self._action_spec.shape[0])}, "
                              f"got {positions.shape}")
-        if positions.min() < 0 or positions.max() >= self._n:
-            raise ValueError(f"slate positions must lie in [0, {self._n}), got values in "
-                             f"[{positions.min()}, {positions.max()}]")
-        return np.take_along_axis(self._candidates, positions.astype(np.int64), axis=1).astype(np.int32)
+        positions = check_indices(positions, self._n, "slate positions must lie")
+        ordered = np.sort(positions, axis=1)
+        repeated = ordered[:, 1:] == ordered[:, :-1]
+        if repeated.any():
+            # Said in positions, what the policy chose, rather than as the repeated item the session would name.
+            row, column = (int(x[0]) for x in np.nonzero(repeated))
+            raise ValueError(f"slate {row} picks candidate position {int(ordered[row, column])} more than once; "
+                             "the positions of a slate must be distinct")
+        return np.take_along_axis(self._candidates, positions, axis=1).astype(np.int32)
 
     def _with_candidates(self, time_step):
         out = self._retrieve(time_step.observation["history"])
