@@ -144,16 +144,69 @@ def test_interrupted_pretraining_resumes_from_checkpoint(tmp_path, cycle_split):
         pretrain(model, cycle_split.train, epochs=4, batch_size=64, verbose=0, checkpoint_dir=tmp_path,
                  callbacks=[Interrupt(1)])
     assert os.path.isdir(tmp_path / "backup")
-    epochs_seen = []
+    epochs_seen, weights_seen = [], []
 
     class Record(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             epochs_seen.append(epoch)
+            weights_seen.append(self.model.get_weights())
 
     fresh = small_model()
     result = pretrain(fresh, cycle_split.train, epochs=4, batch_size=64, verbose=0, checkpoint_dir=tmp_path,
                       callbacks=[Record()])
     assert epochs_seen == [2, 3]  # epochs 0 and 1 were done before the crash
-    assert result.epochs == 2
+    assert result.epochs == 4 and len(result.history["loss"]) == 4  # the history covers them too
     # The resumed model starts from the interrupted one's weights, not from scratch.
+    for resumed, interrupted in zip(weights_seen[0], model.get_weights(), strict=True):
+        np.testing.assert_array_equal(resumed, interrupted)
     assert not os.path.isdir(tmp_path / "backup") or not os.listdir(tmp_path / "backup")
+    assert not os.path.exists(tmp_path / "progress")
+
+
+def deterministic_pretrain(split, **kwargs):
+    """5 epochs, patience 2, of a model whose training is a function of its weights and optimizer
+    state alone (no dropout, no shuffling: their random streams restart on resume). Validation
+    NDCG@10 reaches 1.0 at epoch 3, so training stops after epoch 5 with epoch 3's weights."""
+    tf.keras.utils.set_random_seed(7)
+    model = small_model(dropout=0.0)
+    result = pretrain(model, training_dataset(split.train, 12, 64, shuffle=False), split.valid, epochs=8,
+                      patience=2, learning_rate=0.02, verbose=0, **kwargs)
+    return model, result
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cycle_split):
+    model, result = deterministic_pretrain(cycle_split)
+    assert (result.best_epoch, result.epochs) == (3, 5)  # the scenario the resume test relies on
+    return model.get_weights(), result
+
+
+@pytest.mark.parametrize("crash", ["after_best", "before_backup", "at_stop"])
+def test_resumed_pretraining_ends_as_an_uninterrupted_run(tmp_path, cycle_split, uninterrupted, monkeypatch, crash):
+    """Best epoch, best metric, best weights, patience count and the stop decision survive a crash."""
+    expected_weights, expected = uninterrupted
+    with pytest.raises(KeyboardInterrupt):
+        if crash == "before_backup":  # the tracker saved epoch 4, BackupAndRestore did not: resume at 4
+            backup = tf.keras.callbacks.BackupAndRestore._backup
+
+            def crashing_backup(self, epoch, batch=0):
+                if epoch == 3:
+                    raise KeyboardInterrupt("crash before the backup")
+                backup(self, epoch, batch)
+
+            with monkeypatch.context() as patch:
+                patch.setattr(tf.keras.callbacks.BackupAndRestore, "_backup", crashing_backup)
+                deterministic_pretrain(cycle_split, checkpoint_dir=tmp_path)
+        else:  # after the epoch's backup: after epoch 4, or 5 (stopped early: only the cleanup was left)
+            at = {"after_best": 3, "at_stop": 4}[crash]
+            deterministic_pretrain(cycle_split, checkpoint_dir=tmp_path, callbacks=[Interrupt(at)])
+    model, result = deterministic_pretrain(cycle_split, checkpoint_dir=tmp_path)
+    assert (result.best_epoch, result.epochs) == (expected.best_epoch, expected.epochs)
+    assert result.best_metric == expected.best_metric
+    assert result.history.keys() == expected.history.keys()
+    for key, values in expected.history.items():
+        np.testing.assert_allclose(result.history[key], values, rtol=1e-4, err_msg=key)
+    for got, want in zip(model.get_weights(), expected_weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert not os.path.isdir(tmp_path / "backup") or not os.listdir(tmp_path / "backup")
+    assert not os.path.exists(tmp_path / "progress")

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
+import shutil
 
 import tensorflow as tf
 
 from tfmarl.data.pipelines import count_targets, training_dataset
 from tfmarl.data.sequences import Sequences
-from tfmarl.training.callbacks import EpochThroughput, RankingValidation, Throughput
+from tfmarl.training.callbacks import EpochThroughput, RankingValidation, ResumableEarlyStopping, Throughput
 
 
 @dataclasses.dataclass
 class PretrainResult:
-    history: dict  # per-epoch logs (loss, val_ndcg@10, ...)
-    epochs: int  # epochs run (early stopping may end sooner)
+    history: dict  # per-epoch logs (loss, val_ndcg@10, ...), from epoch 1 also when resumed
+    epochs: int  # epochs run (early stopping may end sooner), those before a resume included
     best_epoch: int | None  # 1-based epoch whose weights the model holds (None without validation)
     best_metric: float | None
-    train_seconds: float  # time in training batches only
+    train_seconds: float  # time in training batches only (of this call)
     validation_seconds: float
     targets_per_second: float  # next-item targets trained per second of train_seconds
 
@@ -39,7 +39,11 @@ def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 12
       log_dir: TensorBoard directory (scalars per epoch, validation metrics included; with
         ``histogram_freq`` > 0, histograms of every weight, embeddings included, every that many epochs).
       checkpoint_dir: where an interrupted run's state is backed up each epoch; calling
-        `pretrain` again with the same directory resumes from the last finished epoch.
+        `pretrain` again with the same directory resumes from the last finished epoch, with
+        the earlier epochs' logs, best weights and patience count (``backup/``: model and
+        optimizer; ``progress/``: logs and best weights). Training then ends as it would have
+        without the interruption, except that the shuffling order and dropout of the epochs
+        after the resume differ (their random streams restart).
       optimizer: defaults to Adam(learning_rate).
     The model is compiled here unless it already is; build it under a strategy's scope to
     train under that strategy.
@@ -68,10 +72,12 @@ def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 12
             model.compile(optimizer=optimizer or tf.keras.optimizers.Adam(learning_rate))
     throughput = (EpochThroughput if coordinated else Throughput)(targets_per_epoch)
     ranking = RankingValidation(valid) if valid is not None else None
-    cbs = [throughput] + ([ranking] if ranking else [])
-    if ranking and patience is not None:
-        cbs.append(tf.keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience,
-                                                    restore_best_weights=True))
+    restore_best = ranking is not None and patience is not None
+    tracker = ResumableEarlyStopping(monitor if ranking else None, patience=patience,
+                                     restore_best_weights=restore_best,
+                                     state_dir=pathlib.Path(checkpoint_dir) / "progress" if checkpoint_dir else None)
+    # The tracker sees the validation metrics, and saves its state before BackupAndRestore backs up.
+    cbs = [throughput] + ([ranking] if ranking else []) + [tracker]
     if log_dir is not None:
         cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0, histogram_freq=histogram_freq))
     if checkpoint_dir is not None:
@@ -79,16 +85,19 @@ def pretrain(model, train, valid=None, *, epochs: int = 20, batch_size: int = 12
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         cbs.append(tf.keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup")))
     cbs.extend(callbacks)
-    fit = model.fit(train, epochs=epochs, callbacks=cbs, verbose=verbose, steps_per_epoch=steps_per_epoch)
-    history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    if tracker.resume(model):  # the interrupted run had stopped early: only its cleanup was left
+        shutil.rmtree(checkpoint_dir / "backup", ignore_errors=True)
+    else:
+        model.fit(train, epochs=epochs, callbacks=cbs, verbose=verbose, steps_per_epoch=steps_per_epoch)
+    tracker.clear()  # after BackupAndRestore deleted its backup: a crash in between resumes correctly
+    history = {}
+    for logs in tracker.history:
+        for k, v in logs.items():
+            history.setdefault(k, []).append(v)
     best_epoch = best_metric = None
-    if ranking and monitor in history:
-        values = history[monitor]
-        best = max(range(len(values)), key=lambda i: (values[i], -i))
-        best_epoch, best_metric = best + 1, values[best]
-        if patience is None:
-            pass  # weights are the last epoch's; best_epoch is informative only
-    return PretrainResult(history=history, epochs=len(history.get("loss", [])), best_epoch=best_epoch,
+    if tracker.best_epoch is not None:  # without patience the model keeps the last epoch's weights
+        best_epoch, best_metric = tracker.best_epoch + 1, tracker.best_metric
+    return PretrainResult(history=history, epochs=len(tracker.history), best_epoch=best_epoch,
                           best_metric=best_metric, train_seconds=throughput.train_seconds,
                           validation_seconds=ranking.seconds if ranking else 0.0,
                           targets_per_second=throughput.targets_per_second)
