@@ -17,7 +17,7 @@ from tf_agents.trajectories import time_step as ts
 from tf_agents.trajectories import trajectory
 from tf_agents.utils import common
 
-from tfmarl.rl.bandits import explore
+from tfmarl.rl.bandits import behaviour_probabilities, check_exact_propensities, explore
 from tfmarl.rl.dqn import consumed_positions
 from tfmarl.rl.policies import QSlatePolicy
 
@@ -69,15 +69,22 @@ def train_bandit(agent, env, num_rounds: int, *, exploration_epsilon: float = 0.
       exploration_epsilon: ε-uniform exploration on top of the agent's collect policy; the
         propensity of every logged action is then known exactly (see `explore`).
       ope_log: a `tfmarl.evaluation.BanditLogWriter`; each round's contexts, arms, actions,
-        rewards and propensities are appended (for off-policy evaluation).
+        rewards, exact propensities and behaviour distributions are appended (for off-policy
+        evaluation). The propensities combine ``exploration_epsilon`` with the agent's own
+        randomness (NeuralEpsilonGreedy's ε); Thompson sampling ("lints") has no exact
+        propensities and raises ValueError (see `check_exact_propensities`).
       log_dir: TensorBoard directory: reward, regret (when ``env`` has an oracle), loss.
     """
+    policy = agent.collect_policy
+    if ope_log is not None:
+        check_exact_propensities(policy)  # before any round runs: e.g. Thompson sampling has none
+    logged_policy = policy if ope_log is not None else None  # propensities are used only when logged
     rng = np.random.default_rng(seed)
     global_step = tf.Variable(0, dtype=tf.int64, name="bandit_round")
     checkpointer = _checkpointer(checkpoint_dir, agent=agent, global_step=global_step)
     start = int(global_step.numpy())
     train = common.function(agent.train)
-    act = common.function(agent.collect_policy.action)
+    act = common.function(policy.action)
     writer = _writer(log_dir)
     time_step = env.reset()
     curve, began = [], time.perf_counter()
@@ -88,7 +95,13 @@ def train_bandit(agent, env, num_rounds: int, *, exploration_epsilon: float = 0.
         tf_step = _to_tensors(ts.TimeStep(np.full(batch, ts.StepType.FIRST, np.int32), np.zeros(batch, np.float32),
                                           np.ones(batch, np.float32), observation))
         per_arm = observation["per_arm"]
-        step, propensity = explore(act(tf_step), per_arm, exploration_epsilon, rng)
+        num_actions = observation.get("num_actions")
+        own_step = act(tf_step)
+        step, propensity = explore(own_step, per_arm, exploration_epsilon, rng, policy=logged_policy,
+                                   num_actions=num_actions)
+        if ope_log is not None:  # before training: the policy's own ε may depend on the train step
+            behaviour = behaviour_probabilities(own_step, per_arm.shape[1], exploration_epsilon, policy=policy,
+                                                num_actions=num_actions)
         action = step.action.numpy()
         arm_ids = getattr(env, "candidates", None)
         arm_ids = None if arm_ids is None else arm_ids.copy()
@@ -106,7 +119,7 @@ def train_bandit(agent, env, num_rounds: int, *, exploration_epsilon: float = 0.
         loss = float(train(experience).loss)
         if ope_log is not None:
             ope_log.add(rewards=reward, actions=action, propensities=propensity, arm_ids=arm_ids,
-                        context=observation["global"], arm_features=per_arm)
+                        behaviour_probs=behaviour, context=observation["global"], arm_features=per_arm)
         time_step = next_step
         global_step.assign_add(1)
         rewards_window.append(reward.mean())
