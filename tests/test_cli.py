@@ -32,6 +32,7 @@ TINY = {
     ({"export": {"warmup": "yes"}}, "export.warmup: expected true or false"),
     ({"pretrain": 3}, "pretrain: expected a mapping"),
     ({"colour": "blue"}, "unknown config key 'colour'"),
+    ({"pretrain": {"strategy": "multi_worker"}}, "choose one of auto, cpu, gpu, mirrored, tpu (the tfmarl command"),
     ({"rl": {"epsilon_start": 5}}, "rl.epsilon_start: must be in [0, 1], got 5"),
     ({"rl": {"multiagent": {"diversity_floor": -1}}}, "rl.multiagent.diversity_floor: must be >= 0"),
     ({"rl": {"multiagent": {"facets": 2, "domains": 3}}}, "rl.multiagent.domains: 3 domains need at least"),
@@ -63,6 +64,16 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert "rl.algorithm: 'ppo' is not allowed" in capsys.readouterr().err
     assert main(["config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["rl"]["algorithm"] == "multiagent"
+
+
+def test_cli_refuses_a_cluster_it_cannot_run(tmp_path, capsys, monkeypatch):
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(dict(TINY, run_dir=str(tmp_path / "run"))))
+    assert main(["train", str(path), "--no-progress"]) == 2
+    assert "pretrain.strategy: 'auto' found a cluster in TF_CONFIG" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "data").exists()  # refused before any stage ran
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,9 @@ class PretrainConfig:
     batch_size: int = 128
     learning_rate: float = 0.001
     patience: int = 3
-    strategy: str = choice("auto", "auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu", "parameter_server")
+    strategy: str = choice("auto", "auto", "cpu", "gpu", "mirrored", "tpu",
+                           doc="the tfmarl command runs on one machine; for multi_worker or parameter_server "
+                               "train through the Python API, see docs/distributed.md")
 
 
 @dataclasses.dataclass
@@ -184,7 +186,9 @@ def _convert(hint, field, value, path):
         raise ConfigError(f"{path}: a value is required")
     choices = field.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+        doc = field.metadata.get("doc")
+        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(map(str, choices))}"
+                          + (f" ({doc})" if doc else ""))
     if base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected true or false, got {value!r}")

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from tfmarl.cli.config import Config, dump_config
+from tfmarl.cli.config import Config, ConfigError, dump_config
 from tfmarl.atomic import atomic_write_text
 
 STAGES = ("data", "pretrain", "simulator", "rl", "evaluate", "export", "report")
@@ -48,6 +48,7 @@ class Pipeline:
         self.out = out
         self.state: dict = {}
         self.timings: dict = {}
+        self.strategy = None
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _hash(self, stage: str) -> str:
@@ -93,6 +94,8 @@ class Pipeline:
         if unknown:
             raise ValueError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
         last = max(STAGES.index(s) for s in stages)
+        if last >= STAGES.index("pretrain") and self.strategy is None:
+            self.strategy = self._make_strategy()  # before any other TensorFlow op (TPU set-up needs that)
         invalid = False
         for stage in STAGES[: last + 1]:
             reuse = not invalid and self._done(stage)
@@ -151,15 +154,26 @@ class Pipeline:
         self.state.update(interactions=interactions, vocab=vocab, split=split, features=features, data=summary,
                           counts=np.bincount(split.train.items, minlength=vocab.size))
 
+    def _make_strategy(self):
+        from tfmarl.training import get_strategy
+        from tfmarl.training.strategy import _num_workers, _tf_config
+
+        cluster = _tf_config().get("cluster")
+        if self.config.pretrain.strategy == "auto" and (_num_workers() > 1 or (isinstance(cluster, dict)
+                                                                                and cluster.get("ps"))):
+            raise ConfigError("pretrain.strategy: 'auto' found a cluster in TF_CONFIG, but the tfmarl command runs "
+                              "on one machine: unset TF_CONFIG, or train on the cluster through the Python API "
+                              "(docs/distributed.md)")
+        return get_strategy(self.config.pretrain.strategy)
+
     def _build_model(self):
         import tensorflow as tf
 
         from tfmarl.agents import ContentAgent, SystemAgent
-        from tfmarl.training import SequentialRecommender, get_strategy
+        from tfmarl.training import SequentialRecommender
 
         cfg, s = self.config.pretrain, self.state
-        strategy = get_strategy(cfg.strategy)
-        with strategy.scope():
+        with self.strategy.scope():
             content = ContentAgent(s["vocab"].size, dim=cfg.dim, name="content_agent",
                                    **s["features"].content_agent_kwargs())
             content.set_item_features(s["features"])
