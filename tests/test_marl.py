@@ -139,6 +139,41 @@ def test_critic_learns_values_and_training_improves_return(trained):
     assert returns[-1] > returns[0] and returns[-1] > 3.5  # 5 steps, up to one click each
 
 
+def logged_feedback(steps, seed=1):
+    """Feedback logged elsewhere: FacetWorld sessions under a uniformly random slate policy."""
+    env, rng = FacetWorld(seed=seed), np.random.default_rng(seed)
+    time_step, log = env.reset(), []
+    for _ in range(steps):
+        positions = np.argsort(rng.random((B, N)), axis=1)[:, :K].astype(np.int32)
+        next_step = env.step(positions)
+        log.append((time_step, positions, next_step, dict(env.last_info)))
+        time_step = next_step
+    return log
+
+
+def test_roles_learn_from_a_stream_of_logged_feedback(tmp_path):
+    env = FacetWorld()
+    env.step = env.reset = None  # learning from the stream never steps the environment
+    roles, trainer = make_trainer(env, tmp_path / "ckpt")
+    exported = []
+    result = trainer.learn_from(logged_feedback(250), log_every=50, export_every=100, export_fn=exported.append)
+    assert result.start_step == 0 and result.steps == 250 and exported == [100, 200]
+    assert [p["step"] for p in result.curve] == [50, 100, 150, 200, 250]
+    observed = FacetWorld()
+    for group, good in ((1, 0), (0, 2)):  # the facet that pays for each group, learned off-policy
+        probs = roles.facet_probabilities(roles.values(group_observation(observed, group))[0]).numpy()
+        assert probs.argmax(1).tolist() == [good] * B, (group, probs[0])
+    # The stream continues where it stopped, after a restart too.
+    _, resumed = make_trainer(env, tmp_path / "ckpt")
+    assert int(resumed.global_step.numpy()) == 250
+    assert resumed.learn_from(logged_feedback(10, seed=2)).steps == 260
+    bad = logged_feedback(1)[0]
+    with pytest.raises(ValueError, match="feedback lacks chosen_slot"):
+        resumed.learn_from([(*bad[:3], {k: v for k, v in bad[3].items() if k != "chosen_slot"})])
+    with pytest.raises(ValueError, match="must hold the trainer's 16 sessions"):
+        resumed.learn_from([(bad[0], bad[1][:3], bad[2], bad[3])])
+
+
 def test_temperature_tracks_the_entropy_target(trained):
     _, roles, result = trained
     assert result.curve[-1]["temperature"] != pytest.approx(1.0)

@@ -9,7 +9,8 @@ sampled batch, the User agent's temperature follows its entropy target and the S
 reward weights take a dual-ascent step. Checkpoints hold every agent, the replay buffer, the
 temperature, the step and the reward weights; a second `run` with the same directory resumes.
 With ``export_every`` the policy is exported as a new SavedModel version at that interval while
-it keeps learning (streaming mode).
+it keeps learning (streaming mode); `learn_from` learns the same way from a stream of feedback that
+arrives from elsewhere (another simulator process, or logs) instead of stepping the environment.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
 
 REWARD_STATE_FILE = "reward_weights.json"
+FEEDBACK = ("click", "satisfaction", "conversion", "chosen_slot")  # per-step signals the trainer learns from
 
 
 @dataclasses.dataclass
@@ -101,10 +103,15 @@ class MultiAgentTrainer:
         self.weight_history = []
 
     # --- one environment step --------------------------------------------------------------
-    def _joint_transition(self, time_step, positions, next_step):
-        env, roles = self.env, self.roles
-        info = env.last_info
-        b = env.batch_size
+    def _joint_transition(self, time_step, positions, next_step, info):
+        roles = self.roles
+        b = self.env.batch_size
+        missing = [k for k in FEEDBACK if k not in info]
+        if missing:
+            raise ValueError(f"feedback lacks {', '.join(missing)}; it needs {', '.join(FEEDBACK)} (each [batch])")
+        if np.shape(positions)[0] != b or np.shape(info["chosen_slot"]) != (b,):
+            raise ValueError(f"feedback batches must hold the trainer's {b} sessions (its replay layout); got "
+                             f"positions {np.shape(positions)} and chosen_slot {np.shape(info['chosen_slot'])}")
         rows = np.arange(b)
         candidates = np.asarray(time_step.observation["candidates"])
         facets = np.asarray(time_step.observation["candidate_facets"])
@@ -168,19 +175,45 @@ class MultiAgentTrainer:
         checkpoint if there is one), training every step. ``export_fn(step)`` runs every
         ``export_every`` steps (streaming: a refreshed SavedModel version while learning)."""
         env = self.env
-        b = env.batch_size
-        start = int(self.global_step.numpy())
-        time_step = env.reset()
+        steps = progress_range(int(self.global_step.numpy()), num_steps, progress, "multi-agent")
+
+        def simulated_feedback():
+            time_step = env.reset()
+            for step_index in steps:
+                observation = {k: tf.convert_to_tensor(v) for k, v in time_step.observation.items()}
+                positions, _ = self._act(observation)
+                positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index),
+                                              self._rng)
+                next_step = env.step(positions.astype(np.int32))
+                yield time_step, positions, next_step, env.last_info
+                time_step = next_step
+
+        return self.learn_from(simulated_feedback(), log_every=log_every, checkpoint_every=checkpoint_every,
+                               export_every=export_every, export_fn=export_fn)
+
+    def learn_from(self, feedback, *, log_every: int = 50, checkpoint_every: int = 500,
+                   export_every: int | None = None, export_fn=None) -> MultiAgentTrainResult:
+        """Keeps learning from a stream of feedback, updating the roles in place: each item is
+        ``(time_step, positions, next_time_step, signals)`` for one step of the trainer's B
+        sessions, in the environment's layout: the observed `TimeStep`s (observation with
+        ``candidates``, ``candidate_facets``, ``user_state``, ...), the slate shown as positions
+        among the candidates int [B, K], and ``signals`` {``click``, ``satisfaction``,
+        ``conversion``: float [B]; ``chosen_slot``: int [B], -1 for no click} — what a
+        `CandidateSessionEnvironment` returns, whether live, simulated elsewhere or replayed from
+        logs. Row b of consecutive items must be the same session stream. Every item counts as one
+        step: the roles train (after warm-up), the reward weights adapt, checkpoints and TensorBoard
+        are written as in `run`, and ``export_fn(step)`` runs every ``export_every`` steps."""
+        b = self.env.batch_size
+        start = done = int(self.global_step.numpy())
         stats = {"return": np.zeros(b), "clicks": np.zeros(b), "steps": np.zeros(b)}
         finished, window, curve, exports = [], {}, [], []
-        began, train_steps = time.perf_counter(), 0
-        for step_index in progress_range(start, num_steps, progress, "multi-agent"):
-            observation = {k: tf.convert_to_tensor(v) for k, v in time_step.observation.items()}
-            positions, _ = self._act(observation)
-            positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index), self._rng)
-            next_step = env.step(positions.astype(np.int32))
-            transition, signals, total = self._joint_transition(time_step, positions, next_step)
+        began, train_steps, saved = time.perf_counter(), 0, start
+        observation = None
+        for time_step, positions, next_step, signals_in in feedback:
+            positions = np.asarray(positions)
+            transition, signals, total = self._joint_transition(time_step, positions, next_step, signals_in)
             self.add_transitions(transition)
+            observation = {k: tf.convert_to_tensor(v) for k, v in time_step.observation.items()}
             active = ~np.asarray(time_step.is_last())
             stats["return"] += np.where(active, signals["click"], 0.0)
             stats["clicks"] += np.where(active, signals["click"], 0.0)
@@ -193,45 +226,52 @@ class MultiAgentTrainer:
                 finished.append((stats["return"][i], stats["clicks"][i] / max(stats["steps"][i], 1), stats["steps"][i]))
             for values in stats.values():
                 values[ended] = 0.0
-            time_step = next_step
             self.global_step.assign_add(1)
-            done = step_index + 1
+            done += 1
             if done - start > self._warmup:
                 sample, _ = next(self._iterator)
                 for name, value in self._train_step(sample).items():
                     window.setdefault(f"loss/{name}" if name != "entropy" else "facet_entropy", []).append(float(value))
                 train_steps += 1
-            if done % log_every == 0 or done == num_steps:
-                point = {"step": done, "temperature": float(self.roles.temperature.numpy()),
-                         **{k: float(np.mean(v)) for k, v in window.items()},
-                         **{f"weight/{k}": v for k, v in self.reward.weights.items()}}
-                if finished:
-                    values = np.array(finished)
-                    point.update(session_return=float(values[:, 0].mean()), ctr=float(values[:, 1].mean()),
-                                 session_length=float(values[:, 2].mean()))
-                curve.append(point)
-                self.weight_history.append({"step": done, **self.reward.weights})
-                with self._writer.as_default():
-                    for key, value in point.items():
-                        if key == "step":
-                            continue
-                        tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"marl/{key}")
-                        tf.summary.scalar(tag, value, step=done)
-                    q_user, content_q, critic_q = self.roles.values(observation)
-                    tf.summary.histogram("marl/facet_probabilities", self.roles.facet_probabilities(q_user), step=done)
-                    tf.summary.histogram("marl/content_q", content_q, step=done)
-                    if critic_q is not None:
-                        tf.summary.histogram("marl/critic_q", critic_q, step=done)
+            if done % log_every == 0:
+                curve.append(self._log_point(done, window, finished, observation))
                 finished, window = [], {}
-            if self._checkpointer is not None and (done % checkpoint_every == 0 or done == num_steps):
+            if self._checkpointer is not None and done % checkpoint_every == 0:
                 self.save()
+                saved = done
             if export_every and export_fn is not None and done % export_every == 0:
                 exports.append(str(export_fn(done)))
+        if done > start and done % log_every:  # the last, partial interval
+            curve.append(self._log_point(done, window, finished, observation))
+        if self._checkpointer is not None and done > saved:
+            self.save()
         self._writer.flush()
         seconds = time.perf_counter() - began
-        steps = max(num_steps - start, 0)
-        return MultiAgentTrainResult(start, max(start, num_steps), seconds, steps * b / max(seconds, 1e-9),
+        return MultiAgentTrainResult(start, done, seconds, (done - start) * b / max(seconds, 1e-9),
                                      train_steps / max(seconds, 1e-9), curve, exports)
+
+    def _log_point(self, done, window, finished, observation) -> dict:
+        """One learning-curve point (and its TensorBoard summaries) for the interval ending at ``done``."""
+        point = {"step": done, "temperature": float(self.roles.temperature.numpy()),
+                 **{k: float(np.mean(v)) for k, v in window.items()},
+                 **{f"weight/{k}": v for k, v in self.reward.weights.items()}}
+        if finished:
+            values = np.array(finished)
+            point.update(session_return=float(values[:, 0].mean()), ctr=float(values[:, 1].mean()),
+                         session_length=float(values[:, 2].mean()))
+        self.weight_history.append({"step": done, **self.reward.weights})
+        with self._writer.as_default():
+            for key, value in point.items():
+                if key == "step":
+                    continue
+                tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"marl/{key}")
+                tf.summary.scalar(tag, value, step=done)
+            q_user, content_q, critic_q = self.roles.values(observation)
+            tf.summary.histogram("marl/facet_probabilities", self.roles.facet_probabilities(q_user), step=done)
+            tf.summary.histogram("marl/content_q", content_q, step=done)
+            if critic_q is not None:
+                tf.summary.histogram("marl/critic_q", critic_q, step=done)
+        return point
 
     def save(self) -> None:
         """Checkpoints every agent, the replay buffer, the temperature, the step and the reward weights."""
