@@ -8,7 +8,9 @@ users and evaluates them on held-out users:
   marl                       User agent (facet explorer) + one Content agent per domain + System
                              agent (critic, composition, adaptive reward)
   marl_no_critic             no centralised critic: roles bootstrap from themselves
-  marl_fixed_reward          reward weights frozen (clicks only)
+  marl_fixed_reward          reward weights frozen at their start (clicks only)
+  marl_fixed_shaped_reward   reward weights frozen at the mean weights of the same seed's marl run:
+                             is it the shaping or its adaptation during training that pays?
   marl_single_content_agent  one Content agent owns every facet
 The baselines of #3 (random, popular, greedy, linucb, neural_linucb, dqn) come from
 ``--baselines`` (the rl benchmark's JSON, when its settings match) or are recomputed.
@@ -42,6 +44,7 @@ VARIANTS = {
     "marl": {},
     "marl_no_critic": {"use_critic": False},
     "marl_fixed_reward": {"adapt": False},
+    "marl_fixed_shaped_reward": {"adapt": False},  # initial weights: the marl run's mean weights
     "marl_single_content_agent": {"num_content_agents": 1},
 }
 
@@ -62,7 +65,13 @@ def greedy_reference(ctx, args):
     return float(np.mean(values))
 
 
-def train_variant(name, ctx, marl_ctx, args, seed):
+def mean_weights(curve) -> dict:
+    """The reward multipliers averaged over a training curve (points carry ``weight/<signal>``)."""
+    names = {k[len("weight/"):] for point in curve for k in point if k.startswith("weight/")}
+    return {n: float(np.mean([p[f"weight/{n}"] for p in curve])) for n in names}
+
+
+def train_variant(name, ctx, marl_ctx, args, seed, initial_weights=None):
     from tfmarl.envs import SessionEnvironment
     from tfmarl.envs.candidates import CandidateSessionEnvironment
     from tfmarl.rl import linear_schedule
@@ -75,7 +84,8 @@ def train_variant(name, ctx, marl_ctx, args, seed):
                                       retriever, args.candidates, include_state=True, item_facets=facets.item_facet)
     tf.keras.utils.set_random_seed(seed)
     roles = MultiAgentRoles(env, retriever.item_vectors, facets, gamma=0.9, **options)
-    reward = AdaptiveReward(marl_ctx["floors"], adapt=adapt, learning_rate=0.05)
+    initial = {k: v for k, v in (initial_weights or {}).items() if k in marl_ctx["floors"]}
+    reward = AdaptiveReward(marl_ctx["floors"], adapt=adapt, learning_rate=0.05, initial=initial)
     trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, ctx["counts"], reward=reward,
                                 epsilon=linear_schedule(0.2, 0.02, args.steps // 3), seed=seed)
     result = trainer.run(args.steps, log_every=max(args.steps // 30, 1))
@@ -158,7 +168,8 @@ def main(argv=None):
     for seed in range(args.seeds):
         for name in VARIANTS:
             t0 = time.perf_counter()
-            roles, result = train_variant(name, ctx, marl_ctx, args, seed)
+            shaped = mean_weights(curves["marl"][-1]) if name == "marl_fixed_shaped_reward" else None
+            roles, result = train_variant(name, ctx, marl_ctx, args, seed, shaped)
             per_seed[name].append(evaluate(MultiAgentSlatePolicy(roles, marl_ctx["retriever"]), ctx, args, seed))
             curves[name].append(result.curve)
             speed.append(result.train_steps_per_second)
@@ -198,6 +209,7 @@ def main(argv=None):
         "policies": summary,
         "ratios": {"marl_over_greedy": marl / greedy, "marl_over_dqn": marl / dqn,
                    "marl_over_marl_fixed_reward": marl / summary["marl_fixed_reward"]["return_mean"],
+                   "marl_over_marl_fixed_shaped_reward": marl / summary["marl_fixed_shaped_reward"]["return_mean"],
                    "marl_diversity_minus_greedy": summary["marl"]["diversity"] - summary["greedy"]["diversity"]},
         "targets": {"marl_over_greedy": 1.15, "marl_over_dqn": 1.0, "marl_over_marl_fixed_reward": 1.0,
                     "marl_diversity_minus_greedy": 0.0},
