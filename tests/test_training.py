@@ -69,6 +69,11 @@ def test_call_returns_top_k_without_history(trained_cycle_model):
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="loss"):
         small_model(loss="bpr")
+    from tfmarl.training.recommender import FULL_SOFTMAX_MAX_ITEMS
+
+    # "auto": exact softmax while the catalog's logits fit, sampled softmax beyond.
+    assert SequentialRecommender(num_items=FULL_SOFTMAX_MAX_ITEMS).loss_type == "full"
+    assert SequentialRecommender(num_items=FULL_SOFTMAX_MAX_ITEMS + 1).loss_type == "sampled"
     with pytest.raises(ValueError, match="item_frequencies"):
         small_model(item_frequencies=[1, 2])
     with pytest.raises(ValueError, match="num_items or item_vocabulary"):

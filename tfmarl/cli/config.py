@@ -79,7 +79,7 @@ class PretrainConfig:
     num_heads: int = 2
     dropout: float = 0.2
     interaction: str = choice("dot", "dot", "mlp", "dcn")
-    loss: str = choice("full", "full", "in_batch", "sampled")
+    loss: str = choice("auto", "auto", "full", "in_batch", "sampled")
     num_negatives: int = 1024
     epochs: int = 15
     batch_size: int = 128

@@ -11,7 +11,10 @@ from tfmarl.agents.blocks import NEG_INF, serializable
 from tfmarl.agents.system import mask_excluded
 from tfmarl.data.vocab import NUM_RESERVED, Vocabulary
 
-LOSSES = ("full", "in_batch", "sampled")
+LOSSES = ("auto", "full", "in_batch", "sampled")
+# "auto" picks the exact full softmax up to this many items: its logits are [targets in a batch,
+# catalog] (about 6,400 x 20,000 floats, 0.5 GB, at batch 128 x 50 positions), "sampled" beyond.
+FULL_SOFTMAX_MAX_ITEMS = 20_000
 
 
 @serializable
@@ -30,6 +33,7 @@ class SequentialRecommender(tfrs.models.Model):
     train on something else.
 
     Losses:
+      "auto" (default): "full" up to `FULL_SOFTMAX_MAX_ITEMS` items, else "sampled".
       "full": softmax over the whole catalog (exact; use when [targets, catalog] logits fit).
       "in_batch": `tfrs.tasks.Retrieval` over the batch's positives, log-Q corrected by
         ``item_frequencies`` and with accidental hits removed.
@@ -43,7 +47,7 @@ class SequentialRecommender(tfrs.models.Model):
       dim, encoder, max_length, num_layers, num_heads, dropout: defaults for the agents built
         here when they are not passed in.
       k: slate size.
-      loss: "full", "in_batch" or "sampled".
+      loss: "auto", "full", "in_batch" or "sampled".
       num_negatives: negatives per batch for "sampled".
       item_frequencies: [num_items] interaction counts (for log-Q correction and sampling).
       user_agent, content_agent, system_agent: agents to use instead of the defaults.
@@ -53,7 +57,7 @@ class SequentialRecommender(tfrs.models.Model):
 
     def __init__(self, num_items: int | None = None, dim: int = 64, encoder: str = "transformer", max_length: int = 50,
                  num_layers: int = 2, num_heads: int = 2, dropout: float = 0.2, k: int = 10,
-                 loss: str = "full", num_negatives: int = 1024, item_frequencies=None,
+                 loss: str = "auto", num_negatives: int = 1024, item_frequencies=None,
                  user_agent: UserAgent | None = None, content_agent: ContentAgent | None = None,
                  system_agent: SystemAgent | None = None, item_vocabulary=None, **kwargs):
         super().__init__(**kwargs)
@@ -70,6 +74,8 @@ class SequentialRecommender(tfrs.models.Model):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.num_items = int(num_items)
         self.max_length = int(max_length)
+        if loss == "auto":
+            loss = "full" if num_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
         self.loss_type = loss
         self.num_negatives = int(num_negatives)
         self._defaults = dict(dim=dim, encoder=encoder, max_length=max_length, num_layers=num_layers,
