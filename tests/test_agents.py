@@ -115,6 +115,8 @@ def test_system_agent_scores_and_excludes(interaction):
     masked = mask_excluded(scores, tf.constant([[2, 3, 0], [4, 0, 0]])).numpy()
     expected = np.argsort(-masked, kind="stable", axis=1)[:, :3]
     np.testing.assert_array_equal(flat, expected)
+    with pytest.raises(ValueError, match=r"items must be \[num_items, dim\]"):
+        agent(states, tf.stack([items[:5], items[3:]]))  # per-row candidates go through score()
 
 
 def test_system_agent_rejects_unknown_interaction():

@@ -86,6 +86,11 @@ class SystemAgent(tf.keras.layers.Layer):
         return dot + tf.squeeze(self.pair_head(x), -1)
 
     def call(self, states, items, exclude=None, k=None):
+        """Top ``k`` of the whole catalog ``items`` [N, D] for ``states`` [B, D], the reserved and
+        ``exclude`` indices masked: (values, indices) [B, k]. Per-row candidates: use `score`."""
+        if items.shape.rank != 2:
+            raise ValueError(f"SystemAgent ranks the catalog: items must be [num_items, dim], got shape {items.shape}; "
+                             "score per-row candidates [B, C, D] with SystemAgent.score")
         scores = mask_excluded(self.score(states, items), exclude)
         return tf.math.top_k(scores, k=min(k or self.k, items.shape[0] or self.k))
 
