@@ -193,9 +193,8 @@ def movielens_per_arm(args):
     """TF-Agents' LinUCB (its MovieLens example's settings) vs tfmarl NeuralLinUCB with pretrained towers."""
     from tf_agents.bandits.agents import lin_ucb_agent
     from tf_agents.bandits.environments import movielens_per_arm_py_environment
-    from tf_agents.environments import tf_py_environment  # noqa: F401
 
-    from tfmarl.rl import PerArmTowerNetwork, make_bandit_agent, pretrain_towers, train_bandit
+    from tfmarl.rl import PerArmTowerNetwork, make_bandit_agent, pretrain_towers
     from tfmarl.rl.bandits import _tensor_specs
 
     data_file = str(pathlib.Path(args.data) / "u.data")
@@ -241,7 +240,6 @@ def movielens_per_arm(args):
 
 def _run_movielens(agent, env, rounds):
     """Cumulative expected regret (mean over the batch) after each round."""
-    from tfmarl.rl import train_bandit  # noqa: F401  (same loop logic, but regret comes from the env)
     from tf_agents.trajectories import time_step as ts
     from tf_agents.trajectories import trajectory
     from tf_agents.utils import common

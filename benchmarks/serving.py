@@ -152,7 +152,6 @@ def profile_stages(module, serve, histories, warm) -> dict:
     (`tfmarl.export.savedmodel.RecommenderServing`); each sample runs every stage once, in turn, so
     all stages see the same machine load.
     """
-    import numpy as np
     import tensorflow as tf
 
     from tfmarl.data.vocab import NUM_RESERVED

@@ -272,7 +272,7 @@ def test_interrupted_training_resumes_every_role(tmp_path):
 def test_streaming_exports_refreshed_versions_and_they_load_without_tfmarl(tmp_path, trained_cycle_model):
     """Streaming mode with the real pipeline: candidates from a pretrained model, the policy keeps
     learning and a new SavedModel version appears at each interval."""
-    from tfmarl.data import generate_synthetic, build_sequences
+    from tfmarl.data import generate_synthetic
     from tfmarl.envs import SessionConfig, SessionEnvironment, fit_user_model
     from tfmarl.envs.candidates import CandidateSessionEnvironment
     from tfmarl.export import export_candidate_recommender, multiagent_scorer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 
 
@@ -96,10 +98,8 @@ def _plot_reward_weights(path, curve):
     plt.close(fig)
 
 
-def write_report(run_dir, config, state, timings) -> "pathlib.Path":
+def write_report(run_dir, config, state, timings) -> pathlib.Path:
     """Writes ``report.md`` and its PNG plots into ``run_dir``; returns the report's path."""
-    import pathlib
-
     from tfmarl.atomic import atomic_write_text
 
     run_dir = pathlib.Path(run_dir)

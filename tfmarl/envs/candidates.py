@@ -7,7 +7,6 @@ from typing import Callable
 import numpy as np
 from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
-from tf_agents.trajectories import time_step as ts
 
 from tfmarl.envs.session import SessionEnvironment
 
