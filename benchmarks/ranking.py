@@ -21,6 +21,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import machine, peak_rss_mb, write_json  # noqa: E402
+import tfmarl  # noqa: E402,F401  (selects tf_keras before TensorFlow loads, here and in spawned workers)
 
 PROTOCOL = ("leave-one-out (RecBole sequential): time-ordered, last item test, second-to-last "
             "validation; full-catalog ranking; input = all earlier items, all excluded")
@@ -48,7 +49,6 @@ def train_one(name, args, queue):
     import numpy as np
     import tensorflow as tf
 
-    import tfmarl  # noqa: F401
     from tfmarl.agents import ContentAgent
     from tfmarl.data import build_item_features
     from tfmarl.evaluation import evaluate_ranking
@@ -89,7 +89,6 @@ def pop_baseline(args):
     import numpy as np
     import tensorflow as tf
 
-    import tfmarl  # noqa: F401
     from tfmarl.evaluation import evaluate_ranking
 
     interactions, _, vocab, split = load(args.data)
