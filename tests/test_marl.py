@@ -258,8 +258,14 @@ def test_interrupted_training_resumes_every_role(tmp_path):
     saved = {name: agent._q_network.variables[0].numpy().copy() for name, agent in roles.agents.items()}
     saved_weights = dict(trainer.reward.weights)
     saved_temperature = float(roles.log_temperature.numpy())
+    saved_optimizer_steps = int(roles.temperature_optimizer.iterations.numpy())
+    continuation = np.random.Generator(type(trainer._rng.bit_generator)())
+    continuation.bit_generator.state = trainer._rng.bit_generator.state
+    expected = continuation.random(5)  # what the exploration stream would draw next
     fresh_roles, fresh = make_trainer(FacetWorld(seed=1), tmp=tmp_path)
     assert int(fresh.global_step.numpy()) == 30
+    assert int(fresh_roles.temperature_optimizer.iterations.numpy()) == saved_optimizer_steps > 0
+    np.testing.assert_array_equal(fresh._rng.random(5), expected)  # exploration continues its stream
     for name, agent in fresh_roles.agents.items():
         np.testing.assert_allclose(agent._q_network.variables[0].numpy(), saved[name])
     assert float(fresh_roles.log_temperature.numpy()) == pytest.approx(saved_temperature)

@@ -178,7 +178,7 @@ class MultiAgentRoles:
             train_step_counter=counter("user_step"), name="user_agent", **common_args)
         self.log_temperature = tf.Variable(np.log(initial_temperature), dtype=tf.float32, name="log_temperature")
         self.target_entropy = float(target_entropy) * float(np.log(facets.num_facets))
-        self._temperature_optimizer = tf.keras.optimizers.Adam(0.01)
+        self.temperature_optimizer = tf.keras.optimizers.Adam(0.01)
         for agent in self.agents.values():
             agent.initialize()
 
@@ -232,7 +232,7 @@ class MultiAgentRoles:
             probs = tf.nn.softmax(q_user / tf.exp(self.log_temperature), axis=-1)
             entropy = -tf.reduce_mean(tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1))
             loss = self.log_temperature * tf.stop_gradient(entropy - self.target_entropy)
-        self._temperature_optimizer.apply_gradients(
+        self.temperature_optimizer.apply_gradients(
             [(tape.gradient(loss, self.log_temperature), self.log_temperature)])
         return entropy
 

@@ -33,6 +33,7 @@ from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
 
 REWARD_STATE_FILE = "reward_weights.json"
+RNG_STATE_FILE = "exploration_rng.json"
 FEEDBACK = ("click", "satisfaction", "conversion", "chosen_slot")  # per-step signals the trainer learns from
 
 
@@ -88,11 +89,15 @@ class MultiAgentTrainer:
         if self._checkpoint_dir is not None:
             self._checkpointer = common.Checkpointer(
                 str(self._checkpoint_dir), max_to_keep=1, replay_buffer=self.replay, global_step=self.global_step,
-                log_temperature=roles.log_temperature, **roles.agents)
+                log_temperature=roles.log_temperature, temperature_optimizer=roles.temperature_optimizer,
+                **roles.agents)
             self._checkpointer.initialize_or_restore()
             state_file = self._checkpoint_dir / REWARD_STATE_FILE
             if state_file.exists():
                 self.reward.load_state(json.loads(state_file.read_text()))
+            rng_file = self._checkpoint_dir / RNG_STATE_FILE
+            if rng_file.exists():  # so a resumed run explores as the uninterrupted one would
+                self._rng.bit_generator.state = json.loads(rng_file.read_text())
         self._writer = (tf.summary.create_file_writer(str(log_dir)) if log_dir is not None
                         else tf.summary.create_noop_writer())
         self._iterator = iter(self.replay.as_dataset(sample_batch_size=batch_size, num_steps=2,
@@ -274,8 +279,10 @@ class MultiAgentTrainer:
         return point
 
     def save(self) -> None:
-        """Checkpoints every agent, the replay buffer, the temperature, the step and the reward weights."""
+        """Checkpoints every agent, the replay buffer, the temperature (and its optimizer), the step,
+        the reward weights and the exploration random state."""
         if self._checkpointer is None:
             raise ValueError("this trainer has no checkpoint_dir")
         self._checkpointer.save(self.global_step)
         atomic_write_text(self._checkpoint_dir / REWARD_STATE_FILE, json.dumps(self.reward.state()))
+        atomic_write_text(self._checkpoint_dir / RNG_STATE_FILE, json.dumps(self._rng.bit_generator.state))
