@@ -156,11 +156,9 @@ class Pipeline:
 
     def _make_strategy(self):
         from tfmarl.training import get_strategy
-        from tfmarl.training.strategy import _num_workers, _tf_config
+        from tfmarl.training.strategy import auto_strategy_name
 
-        cluster = _tf_config().get("cluster")
-        if self.config.pretrain.strategy == "auto" and (_num_workers() > 1 or (isinstance(cluster, dict)
-                                                                                and cluster.get("ps"))):
+        if self.config.pretrain.strategy == "auto" and auto_strategy_name() in ("multi_worker", "parameter_server"):
             raise ConfigError("pretrain.strategy: 'auto' found a cluster in TF_CONFIG, but the tfmarl command runs "
                               "on one machine: unset TF_CONFIG, or train on the cluster through the Python API "
                               "(docs/distributed.md)")

@@ -8,7 +8,7 @@ import numpy as np
 from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 
-from tfmarl.envs.session import SessionEnvironment
+from tfmarl.envs.session import SessionEnvironment, first_repeat
 
 
 def check_indices(action, n: int, what: str) -> np.ndarray:
@@ -128,12 +128,10 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
             raise ValueError(f"slate positions must have shape {(self.batch_size, self._action_spec.shape[0])}, "
                              f"got {positions.shape}")
         positions = check_indices(positions, self._n, "slate positions must lie")
-        ordered = np.sort(positions, axis=1)
-        repeated = ordered[:, 1:] == ordered[:, :-1]
-        if repeated.any():
+        repeat = first_repeat(positions)
+        if repeat is not None:
             # Said in positions, what the policy chose, rather than as the repeated item the session would name.
-            row, column = (int(x[0]) for x in np.nonzero(repeated))
-            raise ValueError(f"slate {row} picks candidate position {int(ordered[row, column])} more than once; "
+            raise ValueError(f"slate {repeat[0]} picks candidate position {repeat[1]} more than once; "
                              "the positions of a slate must be distinct")
         return np.take_along_axis(self._candidates, positions, axis=1).astype(np.int32)
 

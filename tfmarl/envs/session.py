@@ -172,6 +172,16 @@ def random_slates(rng: np.random.Generator, batch: int, slate_size: int, num_ite
     return (np.take_along_axis(out, order, axis=1) + NUM_RESERVED).astype(np.int32)
 
 
+def first_repeat(slates: np.ndarray) -> tuple[int, int] | None:
+    """(row, value) of the first slate [B, K] that holds a value twice, or None."""
+    ordered = np.sort(slates, axis=1)
+    repeated = ordered[:, 1:] == ordered[:, :-1]
+    if not repeated.any():
+        return None
+    row, column = (int(x[0]) for x in np.nonzero(repeated))
+    return row, int(ordered[row, column])
+
+
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     x = x + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -494,11 +504,9 @@ class SessionEnvironment(py_environment.PyEnvironment):
                 raise ValueError(f"action[{row}, {column}] = {value} is a reserved index (0 = padding, 1 = OOV); "
                                  f"recommend real items in [{NUM_RESERVED}, {n})")
             raise ValueError(f"action[{row}, {column}] = {value} is outside the item indices [{NUM_RESERVED}, {n})")
-        ordered = np.sort(a, axis=1)
-        repeated = ordered[:, 1:] == ordered[:, :-1]
-        if repeated.any():
-            row, column = (int(x[0]) for x in np.nonzero(repeated))
-            raise ValueError(f"slate {row} recommends item {int(ordered[row, column])} more than once; "
+        repeat = first_repeat(a)
+        if repeat is not None:
+            raise ValueError(f"slate {repeat[0]} recommends item {repeat[1]} more than once; "
                              "the items of a slate must be distinct")
         return a
 

@@ -108,11 +108,11 @@ class CandidateRecommenderServing(RecommenderServing):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def serve(self, history):
-        window, candidates, values = self.retrieve(history_indices(self.table, history), self.num_candidates)
+        window, candidates, values, vectors = self.retrieve(history_indices(self.table, history), self.num_candidates)
         # Users who consumed most of the catalog get masked candidates (padding, OOV, history):
         # they must never outrank a real one, whatever the scorer says.
         valid = values > NEG_INF / 2
-        scores = self._fn.score(window, candidates, tf.convert_to_tensor(self.item_vectors))
+        scores = self._fn.score(window, candidates, vectors)
         # A scorer may return (ranking key, reported score): e.g. a composed slate ranks by its
         # composition but reports its critic's values.
         key, reported = scores if isinstance(scores, tuple) else (scores, scores)

@@ -99,7 +99,8 @@ class RecommenderServing(tf.Module):
     def retrieve(self, indices, k):
         """The top ``k`` items for histories ``indices`` int32 [B, L] (history and reserved indices
         excluded; when fewer than ``k`` remain the rest score `NEG_INF`): (window [B, <=max_length],
-        items int32 [B, k], scores [B, k]). Call inside the serving graph."""
+        items int32 [B, k], scores [B, k], the catalog's vectors it read). Call inside the serving
+        graph."""
         window = history_window(indices, self.max_length)
         # One dense read of the catalog: a sparse gather straight from the variable would switch it
         # to a mode where every later read copies the whole table.
@@ -107,17 +108,17 @@ class RecommenderServing(tf.Module):
         state = self._fn.user_agent(tf.gather(vectors, window), mask=window > 0, training=False)
         if self.retrieval == "exact":
             top = tf.math.top_k(mask_excluded(self._fn.system_agent.score(state, vectors), indices), k=k)
-            return window, top.indices, top.values
+            return window, top.indices, top.values, vectors
         # Enough neighbours that k remain after dropping the history and reserved indices.
         extra = tf.shape(indices)[1] + NUM_RESERVED
         values, items = self.index(state, k=tf.minimum(k + extra, tf.shape(vectors)[0]))
         excluded = (items < NUM_RESERVED) | tf.reduce_any(items[:, :, None] == indices[:, None, :], axis=-1)
         top = tf.math.top_k(tf.where(excluded, NEG_INF, values), k=k)
-        return window, tf.gather(items, top.indices, batch_dims=1), top.values
+        return window, tf.gather(items, top.indices, batch_dims=1), top.values, vectors
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def serve(self, history):
-        _, items, values = self.retrieve(history_indices(self.table, history), self.k)
+        _, items, values, _ = self.retrieve(history_indices(self.table, history), self.k)
         return {"item_ids": tf.gather(self.item_strings, items), "scores": values}
 
 

@@ -44,17 +44,11 @@ def get_strategy(name: str = "auto", *, devices=None, tpu: str | None = None, co
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name == "auto":
-        if tpu or os.environ.get("TPU_NAME"):
-            return get_strategy("tpu", tpu=tpu)
-        cluster = _tf_config().get("cluster")
-        if isinstance(cluster, dict) and cluster.get("ps"):
-            return get_strategy("parameter_server", variable_partitioner=variable_partitioner,
-                                min_shard_bytes=min_shard_bytes)
-        if _num_workers() > 1:
-            return get_strategy("multi_worker", communication=communication)
-        if len(tf.config.list_logical_devices("GPU")) > 1:
-            return tf.distribute.MirroredStrategy()
-        return tf.distribute.get_strategy()
+        name = auto_strategy_name(tpu)
+        if name == "default":
+            return tf.distribute.get_strategy()
+        return get_strategy(name, tpu=tpu, communication=communication, variable_partitioner=variable_partitioner,
+                            min_shard_bytes=min_shard_bytes)
     if name == "cpu":
         return tf.distribute.OneDeviceStrategy("/cpu:0")
     if name == "gpu":
@@ -193,6 +187,21 @@ def split_cpu(count: int = 2) -> list[str]:
     if len(logical) < count:
         raise RuntimeError(f"only {len(logical)} logical CPU devices exist; call split_cpu before any op runs")
     return [d.name for d in logical[:count]]
+
+
+def auto_strategy_name(tpu: str | None = None) -> str:
+    """The strategy ``get_strategy("auto")`` picks, without creating it: "tpu",
+    "parameter_server", "multi_worker", "mirrored" (several GPUs) or "default"."""
+    if tpu or os.environ.get("TPU_NAME"):
+        return "tpu"
+    cluster = _tf_config().get("cluster")
+    if isinstance(cluster, dict) and cluster.get("ps"):
+        return "parameter_server"
+    if _num_workers() > 1:
+        return "multi_worker"
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return "mirrored"
+    return "default"
 
 
 def _num_workers() -> int:

@@ -213,12 +213,12 @@ class MultiAgentTrainer:
         stats = {"return": np.zeros(b), "clicks": np.zeros(b), "steps": np.zeros(b)}
         finished, window, curve, exports = [], {}, [], []
         began, train_steps, saved = time.perf_counter(), 0, start
-        observation = None
+        observation = None  # the latest step's, for the histograms of each log point
         for time_step, positions, next_step, signals_in in feedback:
             positions = np.asarray(positions)
             transition, signals, total = self._joint_transition(time_step, positions, next_step, signals_in)
             self.add_transitions(transition)
-            observation = {k: tf.convert_to_tensor(v) for k, v in time_step.observation.items()}
+            observation = time_step.observation
             active = ~np.asarray(time_step.is_last())
             stats["return"] += np.where(active, signals["click"], 0.0)
             stats["clicks"] += np.where(active, signals["click"], 0.0)
@@ -271,6 +271,7 @@ class MultiAgentTrainer:
                     continue
                 tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"marl/{key}")
                 tf.summary.scalar(tag, value, step=done)
+            observation = {k: tf.convert_to_tensor(v) for k, v in observation.items()}
             q_user, content_q, critic_q = self.roles.values(observation)
             tf.summary.histogram("marl/facet_probabilities", self.roles.facet_probabilities(q_user), step=done)
             tf.summary.histogram("marl/content_q", content_q, step=done)
