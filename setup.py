@@ -36,7 +36,9 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8",
+                             # tests/test_notebook.py executes examples/quickstart.ipynb
+                             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]},
     entry_points={"console_scripts": ["tfmarl=tfmarl.cli.main:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.10",

@@ -3,11 +3,14 @@
     python benchmarks/marl.py --data ../shared/data/ml-100k --out benchmarks/results/marl_ml100k.json
 
 Same simulator, pretrained retrieval model, seeds and held-out users as `benchmarks/rl.py`
-(whose functions it reuses). Trains, per seed, `marl` and its ablations on the simulator's train
+(whose functions it reuses). Every variant trains through the algorithm interface
+(`tfmarl.rl.make_algorithm("multiagent", ...)`, the code `tfmarl train` runs). Trains, per seed, `marl` and its ablations on the simulator's train
 users and evaluates them on held-out users:
-  marl                       User agent (facet explorer) + one Content agent per domain + System
-                             agent (critic, composition, adaptive reward)
-  marl_no_critic             no centralised critic: roles bootstrap from themselves
+  marl (= marl_frozen)       User agent (interest head) + one Content agent per domain (proposal
+                             heads) + System agent (critic, composition, adaptive reward), the
+                             pretrained agents' layers frozen (the default)
+  marl_fine_tuned            the same with the agents' layers fine-tuned end to end by RL
+  marl_no_critic             no centralised critic: every head bootstraps from itself
   marl_fixed_reward          reward weights frozen at their start (clicks only)
   marl_fixed_shaped_reward   reward weights frozen at the mean weights of the same seed's marl run:
                              is it the shaping or its adaptation during training that pays?
@@ -37,32 +40,23 @@ import tensorflow as tf  # noqa: E402
 # Everything this long run will use, imported now: later edits to the sources cannot reach it.
 import tfmarl.export.policy  # noqa: E402,F401
 import tfmarl.export.warmup  # noqa: E402,F401
+import tfmarl.data  # noqa: E402,F401
+import tfmarl.envs.candidates  # noqa: E402,F401
+import tfmarl.envs.metrics  # noqa: E402,F401
+import tfmarl.envs.session  # noqa: E402,F401
+import tfmarl.rl.algorithms  # noqa: E402,F401
+import tfmarl.training  # noqa: E402,F401
 import tfmarl.rl.multiagent  # noqa: E402,F401
-from tfmarl.rl.multiagent import MultiAgentSlatePolicy  # noqa: E402
 
 VARIANTS = {
-    "marl": {},
+    "marl": {},  # the default: frozen agents' layers (recorded as marl_frozen too)
+    "marl_fine_tuned": {"trainable_encoders": True},
     "marl_no_critic": {"use_critic": False},
-    "marl_fixed_reward": {"adapt": False},
-    "marl_fixed_shaped_reward": {"adapt": False},  # initial weights: the marl run's mean weights
+    "marl_fixed_reward": {"adaptive_reward": False},
+    "marl_fixed_shaped_reward": {"adaptive_reward": False},  # initial weights: the marl run's mean weights
     "marl_single_content_agent": {"num_content_agents": 1},
 }
-
-
-def greedy_reference(ctx, args):
-    """Greedy two-tower slates' diversity (pretrained item vectors) on train users: the floor's unit."""
-    from tfmarl.envs import SessionEnvironment
-    from tfmarl.rl import GreedySlatePolicy
-    from tfmarl.rl.multiagent import slate_diversity
-
-    policy = GreedySlatePolicy(ctx["retriever"], 10)
-    env = SessionEnvironment(ctx["user_model"], batch_size=100, users="train", seed=5)
-    time_step, values = env.reset(), []
-    for _ in range(30):
-        slate = policy(time_step.observation)
-        values.append(slate_diversity(ctx["retriever"].item_vectors[slate]).mean())
-        time_step = env.step(slate)
-    return float(np.mean(values))
+SAME_RUN = {"marl_frozen": "marl"}  # names recorded from another variant's runs
 
 
 def mean_weights(curve) -> dict:
@@ -71,25 +65,14 @@ def mean_weights(curve) -> dict:
     return {n: float(np.mean([p[f"weight/{n}"] for p in curve])) for n in names}
 
 
-def train_variant(name, ctx, marl_ctx, args, seed, initial_weights=None):
-    from tfmarl.envs import SessionEnvironment
-    from tfmarl.envs.candidates import CandidateSessionEnvironment
-    from tfmarl.rl import linear_schedule
-    from tfmarl.rl.multiagent import AdaptiveReward, MultiAgentRoles, MultiAgentTrainer
+def train_variant(name, ctx, args, seed, floors, initial_weights=None):
+    from tfmarl.rl import linear_schedule, make_algorithm
 
-    options = dict(VARIANTS[name])
-    adapt = options.pop("adapt", True)
-    retriever, facets = marl_ctx["retriever"], marl_ctx["facets"]
-    env = CandidateSessionEnvironment(SessionEnvironment(ctx["user_model"], batch_size=64, users="train", seed=seed),
-                                      retriever, args.candidates, include_state=True, item_facets=facets.item_facet)
-    tf.keras.utils.set_random_seed(seed)
-    roles = MultiAgentRoles(env, retriever.item_vectors, facets, gamma=0.9, **options)
-    initial = {k: v for k, v in (initial_weights or {}).items() if k in marl_ctx["floors"]}
-    reward = AdaptiveReward(marl_ctx["floors"], adapt=adapt, learning_rate=0.05, initial=initial)
-    trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, ctx["counts"], reward=reward,
-                                epsilon=linear_schedule(0.2, 0.02, args.steps // 3), seed=seed)
-    result = trainer.run(args.steps, log_every=max(args.steps // 30, 1))
-    return roles, result
+    algorithm = make_algorithm("multiagent", ctx["model"], ctx["user_model"], candidates=args.candidates,
+                               batch_size=64, seed=seed, item_counts=ctx["counts"], facets=args.facets,
+                               domains=args.domains, floors=floors, gamma=0.9, initial_weights=initial_weights,
+                               epsilon=linear_schedule(0.2, 0.02, args.steps // 3), **VARIANTS[name])
+    return algorithm, algorithm.train(args.steps)
 
 
 def load_baselines(path, args):
@@ -98,7 +81,8 @@ def load_baselines(path, args):
     except (OSError, ValueError):
         return None
     settings = previous.get("settings", {})
-    same = all(settings.get(k) == getattr(args, k) for k in ("seeds", "episodes", "pretrain_epochs")) and \
+    # The protocol (episodes, pretraining, data) must match; the number of seeds need not.
+    same = all(settings.get(k) == getattr(args, k) for k in ("episodes", "pretrain_epochs")) and \
         pathlib.Path(settings.get("data", "")).resolve() == pathlib.Path(args.data).resolve()
     if not same:
         print(f"{path}: settings differ from this run; recomputing the baselines", file=sys.stderr)
@@ -133,12 +117,12 @@ def plot(path, summary, weight_curves):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/ml-100k")
+    parser.add_argument("--data", required=True, help="a MovieLens directory, e.g. ml-100k (see README: Getting MovieLens)")
     parser.add_argument("--out", default="benchmarks/results/marl_ml100k.json")
     parser.add_argument("--baselines", default="benchmarks/results/rl_ml100k.json")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--candidates", type=int, default=100, help="candidates the MARL roles choose among")
+    parser.add_argument("--candidates", type=int, default=100, help="candidates the multi-agent policy chooses among")
     parser.add_argument("--facets", type=int, default=8)
     parser.add_argument("--domains", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1500)
@@ -153,38 +137,33 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
-    from tfmarl.rl import CandidateRetriever
-    from tfmarl.rl.multiagent import build_facets
+    from tfmarl.rl import CandidateRetriever, make_algorithm
 
     ctx = setup(args)
-    retriever = ctx["retriever"]  # setup retrieves args.candidates candidates
-    facets = build_facets(retriever.item_vectors, args.facets, args.domains, seed=0)
-    greedy_diversity = greedy_reference(ctx, args)
+    # The floors, stated relative to the greedy two-tower's slate diversity, are the same for every run.
+    probe = make_algorithm("multiagent", ctx["model"], ctx["user_model"], candidates=args.candidates,
+                           facets=args.facets, domains=args.domains, floors={})
+    greedy_diversity = probe.greedy_diversity()
     floors = {"diversity": args.diversity_floor * greedy_diversity, "satisfaction": args.satisfaction_floor}
-    marl_ctx = {"retriever": retriever, "facets": facets, "floors": floors}
 
     per_seed = {name: [] for name in VARIANTS}
-    weight_curves, curves, speed = [], {name: [] for name in VARIANTS}, []
+    weight_curves, curves, speed = [], {name: [] for name in VARIANTS}, {name: [] for name in VARIANTS}
     for seed in range(args.seeds):
         for name in VARIANTS:
             t0 = time.perf_counter()
             shaped = mean_weights(curves["marl"][-1]) if name == "marl_fixed_shaped_reward" else None
-            roles, result = train_variant(name, ctx, marl_ctx, args, seed, shaped)
-            per_seed[name].append(evaluate(MultiAgentSlatePolicy(roles, marl_ctx["retriever"]), ctx, args, seed))
+            algorithm, result = train_variant(name, ctx, args, seed, floors, shaped)
+            per_seed[name].append(evaluate(algorithm.slate_policy(), ctx, args, seed))
             curves[name].append(result.curve)
-            speed.append(result.train_steps_per_second)
+            speed[name].append(result.train_steps_per_second)
             if name == "marl":
                 weight_curves.append(result.curve)
                 if seed == 0 and args.export:
-                    from tfmarl.export import export_candidate_recommender, multiagent_scorer
-
-                    path = export_candidate_recommender(
-                        ctx["model"], multiagent_scorer(roles, ctx["model"], facets), args.export,
-                        variables=roles.variables, k=10, num_candidates=args.candidates,
-                        metadata={"benchmark": "marl", "policy": "marl"})
+                    path = algorithm.export(args.export, k=10, metadata={"benchmark": "marl", "policy": "marl"})
                     print(f"exported {path}", file=sys.stderr)
             print(f"seed {seed} {name}: return {per_seed[name][-1]['return']:.2f} "
-                  f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+                  f"({time.perf_counter() - t0:.0f}s, {result.train_steps_per_second:.1f} train steps/s)",
+                  file=sys.stderr)
 
     summary = {}
     baselines = load_baselines(args.baselines, args)
@@ -196,13 +175,14 @@ def main(argv=None):
         baseline_source = "recomputed"
     summary.update(baselines)
     summary.update({name: summarize(rows) for name, rows in per_seed.items()})
+    summary.update({alias: dict(summary[source], same_run_as=source) for alias, source in SAME_RUN.items()})
     out = pathlib.Path(args.out)
     plot(out.with_suffix(".png"), summary, weight_curves)
     greedy, dqn, marl = (summary[n]["return_mean"] for n in ("greedy", "dqn", "marl"))
     payload = {
         "benchmark": "marl", "machine": machine(), "dataset": ctx["interactions"].name,
         "protocol": ("same simulator, pretrained retrieval, seeds and held-out users as benchmarks/rl.py; "
-                     "MARL roles choose among the top-N retrieved candidates; return = clicks per session"),
+                     "the multi-agent policy chooses among the top-N retrieved candidates; return = clicks per session"),
         "settings": vars(args), "baselines_from": baseline_source,
         "objective": {"maximise": "clicks per session", "floors": floors,
                       "greedy_slate_diversity_pretrained_vectors": greedy_diversity},
@@ -210,10 +190,13 @@ def main(argv=None):
         "ratios": {"marl_over_greedy": marl / greedy, "marl_over_dqn": marl / dqn,
                    "marl_over_marl_fixed_reward": marl / summary["marl_fixed_reward"]["return_mean"],
                    "marl_over_marl_fixed_shaped_reward": marl / summary["marl_fixed_shaped_reward"]["return_mean"],
-                   "marl_diversity_minus_greedy": summary["marl"]["diversity"] - summary["greedy"]["diversity"]},
+                   "marl_diversity_minus_greedy": summary["marl"]["diversity"] - summary["greedy"]["diversity"],
+                   "marl_fine_tuned_over_marl_frozen": summary["marl_fine_tuned"]["return_mean"] / marl},
         "targets": {"marl_over_greedy": 1.15, "marl_over_dqn": 1.0, "marl_over_marl_fixed_reward": 1.0,
                     "marl_diversity_minus_greedy": 0.0},
-        "marl_train_steps_per_second": float(np.mean(speed)),
+        "marl_train_steps_per_second": float(np.mean(speed["marl"])),
+        "train_steps_per_second": {name: float(np.mean(v)) for name, v in speed.items()},
+        "default_variant": {"marl": "marl_frozen (trainable_encoders=False)"},
         "curves": curves, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(),
     }
     write_json(out, payload)

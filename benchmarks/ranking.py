@@ -140,7 +140,7 @@ def serving_path_metrics(export_path, data_dir, k=10):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/ml-100k")
+    parser.add_argument("--data", required=True, help="a MovieLens directory, e.g. ml-100k (see README: Getting MovieLens)")
     parser.add_argument("--out", default="benchmarks/results/ranking_ml100k.json")
     parser.add_argument("--models", default="transformer,transformer_features,lstm")
     parser.add_argument("--epochs", type=int, default=60)

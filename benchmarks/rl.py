@@ -100,34 +100,26 @@ def evaluate(policy, ctx, args, seed):
 
 
 def train_bandit_policy(name, ctx, args, seed, ope_log=None, rounds=None):
-    from tfmarl.envs.bandit import PerArmBanditEnvironment
-    from tfmarl.rl import BanditSlatePolicy, make_bandit_agent, train_bandit
+    """A per-arm bandit through the algorithm interface (the code `tfmarl train` runs)."""
+    from tfmarl.rl import make_algorithm
 
-    features = "crossed" if name == "linucb" else "item"
-    retriever = ctx["retriever"]
-    env = PerArmBanditEnvironment(ctx["user_model"], retriever, retriever.item_vectors, args.candidates,
-                                  batch_size=32, users="train", seed=seed, arm_features=features)
-    tf.keras.utils.set_random_seed(seed)
     rounds = rounds or args.bandit_rounds
-    agent = make_bandit_agent(name, env, encoding_network_num_train_steps=rounds // 3)
-    result = train_bandit(agent, env, rounds, exploration_epsilon=args.ope_epsilon if ope_log else 0.0,
-                          seed=seed, ope_log=ope_log, log_every=max(rounds // 20, 1))
-    return BanditSlatePolicy(agent.policy, retriever, 10, arm_features=features), result
+    algorithm = make_algorithm(name, ctx["model"], ctx["user_model"], candidates=args.candidates, batch_size=32,
+                               seed=seed, encoder_train_steps=rounds // 3,
+                               exploration_epsilon=args.ope_epsilon if ope_log else 0.0, ope_log=ope_log)
+    result = algorithm.train(rounds)
+    return algorithm.slate_policy(), result
 
 
 def train_dqn_policy(ctx, args, seed):
-    from tfmarl.envs import SessionEnvironment
-    from tfmarl.envs.candidates import CandidateSessionEnvironment
-    from tfmarl.rl import QSlatePolicy, linear_schedule, make_dqn_agent, train_dqn
+    """Double DQN through the algorithm interface (the code `tfmarl train` runs)."""
+    from tfmarl.rl import linear_schedule, make_algorithm
 
-    retriever = ctx["retriever"]
-    env = CandidateSessionEnvironment(SessionEnvironment(ctx["user_model"], batch_size=64, users="train", seed=seed),
-                                      retriever, args.candidates)
-    tf.keras.utils.set_random_seed(seed)
-    agent, q_network = make_dqn_agent(env, ctx["model"], double=True, gamma=0.9)
-    result = train_dqn(agent, q_network, env, args.dqn_steps, epsilon=linear_schedule(0.3, 0.02, args.dqn_steps // 2),
-                       seed=seed, log_every=max(args.dqn_steps // 20, 1))
-    return QSlatePolicy(q_network, 10, retriever=retriever), result, (agent, q_network)
+    algorithm = make_algorithm("dqn", ctx["model"], ctx["user_model"], candidates=args.candidates, batch_size=64,
+                               seed=seed, double=True, gamma=0.9,
+                               epsilon=linear_schedule(0.3, 0.02, args.dqn_steps // 2))
+    result = algorithm.train(args.dqn_steps)
+    return algorithm.slate_policy(), result, algorithm
 
 
 def compare_policies(ctx, args):
@@ -194,7 +186,7 @@ def movielens_per_arm(args):
     from tf_agents.bandits.agents import lin_ucb_agent
     from tf_agents.bandits.environments import movielens_per_arm_py_environment
 
-    from tfmarl.rl import PerArmTowerNetwork, make_bandit_agent, pretrain_towers
+    from tfmarl.rl import PerArmTowerNetwork, build_bandit, pretrain_towers
     from tfmarl.rl.bandits import _tensor_specs
 
     data_file = str(pathlib.Path(args.data) / "u.data")
@@ -220,7 +212,7 @@ def movielens_per_arm(args):
                 # pylint: disable=protected-access  (the env's features; same SVD the env computed)
                 pretrain_towers(encoder, env._u_hat[users], env._v_hat[movies], ratings[:, 2].astype(np.float32),
                                 epochs=20, seed=seed)
-                agent = make_bandit_agent("neural_linucb", env, encoder=encoder, encoding_network_num_train_steps=-1,
+                agent = build_bandit("neural_linucb", env, encoder=encoder, encoding_network_num_train_steps=-1,
                                           alpha=1.0)
             regret = _run_movielens(agent, env, args.movielens_rounds)
             results[name].append(regret)
@@ -314,7 +306,7 @@ def plot(path, summary, curves, movielens):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/ml-100k")
+    parser.add_argument("--data", required=True, help="a MovieLens directory, e.g. ml-100k (see README: Getting MovieLens)")
     parser.add_argument("--out", default="benchmarks/results/rl_ml100k.json")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=1000, help="held-out sessions per policy and seed")

@@ -11,6 +11,15 @@ records export time and size, p50/p99 latency of the SavedModel signature at bat
 1-50 random ids) and throughput at batch 32, plus a breakdown of where a batch-1 request spends its
 time. Then the 100k export is served by `python -m tfmarl.serving.server` in a subprocess and
 loaded by concurrent keep-alive HTTP clients (threads of this process, standard library only).
+
+``--only grpc_vs_rest`` measures `tfmarl serve`'s two protocols on the same server, model and
+requests and merges the result into the existing JSON under ``grpc_vs_rest``: batch-1 latency of
+one client (requests alternate between REST and gRPC so both see the same machine load), then
+``--clients`` concurrent clients for ``--grpc_seconds`` per protocol with an error count (gRPC
+clients use the stock `PredictionServiceStub`, one channel each, as REST clients hold one
+keep-alive connection each).
+
+    python benchmarks/serving.py --only grpc_vs_rest --out benchmarks/results/serving.json
 """
 
 from __future__ import annotations
@@ -299,35 +308,10 @@ def http_load(port: int, name: str, bodies: list[bytes], clients: int, seconds: 
 
 
 def serve_and_load(base: pathlib.Path, clients: int, seconds: float) -> dict:
-    port = free_port()
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log_path = base.parent / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tfmarl.serving.server", "--model_base_path", str(base),
-                                 "--port", str(port), "--poll_seconds", "0"], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+    proc, ready_seconds = start_server(base, free_port())
+    port = int(proc.args[proc.args.index("--port") + 1])
     name = base.name
     try:
-        started = time.monotonic()
-        while True:  # ready once the status route answers 200
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {log_path.read_text()[-2000:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                try:
-                    conn.request("GET", f"/v1/models/{name}")
-                    response = conn.getresponse()
-                    response.read()
-                finally:
-                    conn.close()
-                if response.status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() - started > 300:
-                raise RuntimeError(f"the server did not serve a version in 300 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-        ready_seconds = time.monotonic() - started
         rng = random.Random(0)
         n_items = int(name)
         bodies = [json.dumps({"instances": [{"history": [str(rng.randint(1, n_items))
@@ -338,19 +322,198 @@ def serve_and_load(base: pathlib.Path, clients: int, seconds: float) -> dict:
         result = http_load(port, name, bodies, clients, seconds)
         result.update(model=f"{n_items} items", server_start_to_ready_seconds=round(ready_seconds, 1),
                       load_average_start=load_start, load_average_end=[round(x, 2) for x in os.getloadavg()])
-        try:
-            with open(f"/proc/{proc.pid}/status") as f:
-                hwm = next(line for line in f if line.startswith("VmHWM"))
-            result["server_peak_rss_mb"] = round(int(hwm.split()[1]) / 1024, 1)
-        except (OSError, StopIteration):
-            pass
-        return result
     finally:
-        proc.terminate()
+        peak = stop_server(proc)
+    if peak is not None:
+        result["server_peak_rss_mb"] = peak
+    return result
+
+
+# --- gRPC vs REST (parent process) ---------------------------------------------------------------
+
+
+def export_only(n_items: int, workdir: pathlib.Path) -> None:
+    """Child: exports the benchmark model for ``n_items`` to ``workdir/<n_items>``."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tfmarl  # noqa: F401  (selects tf_keras)
+    import tensorflow as tf
+
+    from tfmarl.data import Vocabulary
+    from tfmarl.export import export_recommender
+    from tfmarl.training import SequentialRecommender
+
+    tf.keras.utils.set_random_seed(0)
+    model = SequentialRecommender(item_vocabulary=Vocabulary([str(i) for i in range(1, n_items + 1)]), dropout=0.0,
+                                  **MODEL)
+    model.build_all()
+    export_recommender(model, workdir / str(n_items), retrieval="brute_force")
+
+
+def start_server(base: pathlib.Path, port: int, grpc_port: int = 0):
+    """`python -m tfmarl.serving.server` in a subprocess (gRPC port 0: REST only), once its REST
+    status route answers 200; returns (process, seconds to ready)."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log_path = base.parent / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tfmarl.serving.server", "--model_base_path", str(base),
+                                 "--port", str(port), "--grpc_port", str(grpc_port), "--poll_seconds", "0"],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {log_path.read_text()[-2000:]}")
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", f"/v1/models/{base.name}")
+                response = conn.getresponse()
+                response.read()
+            finally:
+                conn.close()
+            if response.status == 200:
+                return proc, time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > 300:
             proc.kill()
+            raise RuntimeError(f"the server did not serve a version in 300 s: {log_path.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def stop_server(proc) -> float | None:
+    """Terminates the server; returns its peak RSS in MB (None when unreadable)."""
+    peak = None
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            peak = round(int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 1024, 1)
+    except (OSError, StopIteration):
+        pass
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return peak
+
+
+def grpc_request(name: str, history: list[str]):
+    """A stock PredictRequest for one history ([1, L] DT_STRING, filled as TF Serving clients do)."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    tensor = request.inputs["history"]
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.tensor_shape.dim.add(size=len(history))
+    tensor.string_val.extend(h.encode() for h in history)
+    return request
+
+
+def grpc_load(port: int, requests: list, clients: int, seconds: float) -> dict:
+    """``clients`` threads, one channel and stub each, calling Predict until ``seconds`` have passed."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    lock = threading.Lock()
+    latencies, errors = [], []
+    deadline = time.monotonic() + seconds
+
+    def client(c):
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        mine, i = [], c
+        while time.monotonic() < deadline:
+            request = requests[i % len(requests)]
+            i += clients
+            t = time.perf_counter()
+            try:
+                response = stub.Predict(request, timeout=30)
+                if len(response.outputs["item_ids"].string_val) != MODEL["k"]:
+                    raise ValueError(f"{len(response.outputs['item_ids'].string_val)} items")
+                mine.append(time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001 - counted
+                with lock:
+                    errors.append(repr(e)[:300])
+        channel.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies) + len(errors),
+            "errors": len(errors), "qps": round(len(latencies) / elapsed, 1),
+            **(percentiles(latencies) if latencies else {}), "error_samples": sorted(set(errors))[:5]}
+
+
+def grpc_vs_rest(workdir: pathlib.Path, n_items: int, requests: int, clients: int, seconds: float) -> dict:
+    """Batch-1 latency (alternating protocols, one client) and concurrent load, REST vs gRPC."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tfmarl  # noqa: F401  (before TensorFlow, which the serving-API protos import)
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    base = workdir / str(n_items)
+    if not base.is_dir():  # the full run has exported it already
+        subprocess.run([sys.executable, __file__, "--export_only", str(n_items), "--workdir", str(workdir)],
+                       check=True, cwd=REPO)
+    rest_port, grpc_port = free_port(), free_port()
+    proc, ready = start_server(base, rest_port, grpc_port)
+    try:
+        rng = random.Random(0)
+        histories = [[str(rng.randint(1, n_items)) for _ in range(rng.randint(1, 50))] for _ in range(4000)]
+        bodies = [json.dumps({"instances": [{"history": h}]}).encode() for h in histories]
+        protos = [grpc_request(base.name, h) for h in histories]
+        path = f"/v1/models/{base.name}:predict"
+
+        conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=30)
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def rest_call(i):
+            conn.request("POST", path, body=bodies[i], headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+
+        def grpc_call(i):
+            stub.Predict(protos[i], timeout=30)
+
+        for i in range(200):  # warm both paths (connections, server threads, graph)
+            rest_call(i)
+            grpc_call(i)
+        load_start = [round(x, 2) for x in os.getloadavg()]
+        times = {"rest": [], "grpc": []}
+        for i in range(requests):  # alternate, the first protocol alternating too
+            order = [("rest", rest_call), ("grpc", grpc_call)]
+            for name, call in (order if i % 2 else order[::-1]):
+                t = time.perf_counter()
+                call(i % len(histories))
+                times[name].append(time.perf_counter() - t)
+        conn.close()
+        channel.close()
+        batch1 = {name: {"requests": requests, **percentiles(v)} for name, v in times.items()}
+
+        print(f"== {clients} clients x {seconds:.0f}s per protocol", file=sys.stderr, flush=True)
+        http_load(rest_port, base.name, bodies, clients, 3.0)  # warm the connections
+        concurrent = {"rest": http_load(rest_port, base.name, bodies, clients, seconds)}
+        grpc_load(grpc_port, protos, clients, 3.0)
+        concurrent["grpc"] = grpc_load(grpc_port, protos, clients, seconds)
+    finally:
+        peak = stop_server(proc)
+    return {"machine": machine(), "model": f"{n_items} items", "server_start_to_ready_seconds": round(ready, 1), "server_peak_rss_mb": peak,
+            "batch1_one_client": batch1, "concurrent": concurrent,
+            "load_average_start": load_start, "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "note": ("one `tfmarl serve` process answers both protocols from one version table; histories of "
+                     "1-50 random ids, the same requests for both; clients are threads of the benchmark "
+                     "process on the same 2 CPUs as the server (their cost is in the figures)")}
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -367,7 +530,15 @@ def main() -> int:
     parser.add_argument("--server_size", type=int, default=100000)
     parser.add_argument("--workdir", default=None, help="where exports go (default: a temporary directory)")
     parser.add_argument("--note", default=None, help="free text stored in the JSON (run conditions)")
+    parser.add_argument("--only", choices=["server", "grpc_vs_rest"], default=None,
+                        help="run only this part (on --server_size / --grpc_size items) and merge it into the "
+                             "existing --out JSON")
+    parser.add_argument("--grpc_size", type=int, default=100000,
+                        help="catalog size for --only grpc_vs_rest (the full run uses --server_size)")
+    parser.add_argument("--grpc_requests", type=int, default=2000, help="batch-1 requests per protocol")
+    parser.add_argument("--grpc_seconds", type=float, default=25.0, help="seconds of concurrent load per protocol")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child: one size
+    parser.add_argument("--export_only", type=int, default=None, help=argparse.SUPPRESS)  # child: export
     parser.add_argument("--one_out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--try_scann", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -375,6 +546,32 @@ def main() -> int:
     if args.one is not None:
         row = measure_size(args.one, pathlib.Path(args.workdir), args.requests, args.batch_seconds, args.try_scann)
         pathlib.Path(args.one_out).write_text(json.dumps(row))
+        return 0
+    if args.export_only is not None:
+        export_only(args.export_only, pathlib.Path(args.workdir))
+        return 0
+    if args.only is not None:
+        out = pathlib.Path(args.out)
+        payload = json.loads(out.read_text()) if out.is_file() else {"benchmark": "serving"}
+        workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="tfmarl-serving-bench-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if args.only == "server":
+                if not (workdir / str(args.server_size)).is_dir():
+                    subprocess.run([sys.executable, __file__, "--export_only", str(args.server_size), "--workdir",
+                                    str(workdir)], check=True, cwd=REPO)
+                part = serve_and_load(workdir / str(args.server_size), args.clients, args.server_seconds)
+                part["machine"] = machine()
+            else:
+                part = grpc_vs_rest(workdir, args.grpc_size, args.grpc_requests, args.clients, args.grpc_seconds)
+        finally:
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        if args.note:
+            part["run_note"] = args.note
+        payload[args.only] = part
+        print(json.dumps(part, indent=1), file=sys.stderr, flush=True)
+        write_json(out, payload)
         return 0
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -406,6 +603,8 @@ def main() -> int:
                   file=sys.stderr, flush=True)
             payload["server"] = serve_and_load(workdir / str(args.server_size), args.clients, args.server_seconds)
             print(json.dumps(payload["server"], indent=1), file=sys.stderr, flush=True)
+            payload["grpc_vs_rest"] = grpc_vs_rest(workdir, args.server_size, args.grpc_requests, args.clients,
+                                                   args.grpc_seconds)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

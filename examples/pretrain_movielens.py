@@ -1,6 +1,6 @@
 """Pretrain the User + Content agents on MovieLens, evaluate, export.
 
-    .venv/bin/python examples/pretrain_movielens.py ../shared/data/ml-100k
+    .venv/bin/python examples/pretrain_movielens.py path/to/ml-100k
 """
 
 import sys
@@ -12,8 +12,9 @@ from tfmarl.evaluation import evaluate_ranking
 from tfmarl.export import export_recommender
 from tfmarl.training import SequentialRecommender, pretrain
 
-data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/ml-100k"
-interactions = load_movielens(data)
+if len(sys.argv) != 2:
+    sys.exit(__doc__)
+interactions = load_movielens(sys.argv[1])
 sequences, vocab = build_sequences(interactions)
 split = leave_one_out(sequences)
 

@@ -118,11 +118,11 @@ def rl_dqn(rl_world, tmp_path_factory):
     """A Double DQN agent trained briefly on the world's candidate environment, with TensorBoard logs."""
     import types
 
-    from tfmarl.rl import linear_schedule, make_dqn_agent, train_dqn
+    from tfmarl.rl import linear_schedule, build_dqn, train_dqn
 
     tf.keras.utils.set_random_seed(0)
     env = rl_world.candidate_env(batch_size=4, seed=0)
-    agent, q_network = make_dqn_agent(env, rl_world.model, double=True, hidden_units=(16,), target_update_period=10)
+    agent, q_network = build_dqn(env, rl_world.model, double=True, hidden_units=(16,), target_update_period=10)
     log_dir = tmp_path_factory.mktemp("dqn_logs")
     result = train_dqn(agent, q_network, env, 30, batch_size=16, warmup_steps=5, epsilon=linear_schedule(0.5, 0.1, 20),
                        log_dir=log_dir, log_every=10, seed=0)
@@ -134,9 +134,9 @@ def rl_bandit(rl_world):
     """LinUCB trained briefly on the world's per-arm bandit environment with crossed arm features."""
     import types
 
-    from tfmarl.rl import make_bandit_agent, train_bandit
+    from tfmarl.rl import build_bandit, train_bandit
 
     env = rl_world.bandit_env(batch_size=8, seed=0, arm_features="crossed")
-    agent = make_bandit_agent("linucb", env)
+    agent = build_bandit("linucb", env)
     result = train_bandit(agent, env, 10, log_every=5, seed=0)
     return types.SimpleNamespace(env=env, agent=agent, result=result, arm_features="crossed")

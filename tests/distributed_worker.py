@@ -4,7 +4,8 @@
         One MultiWorkerMirrored worker (the cluster and this task come from TF_CONFIG): (a)
         pretrains a tiny `SequentialRecommender` with `pretrain`, (b) trains a Double DQN on
         recorded transitions with `DistributedLearner`, warm-started from (a) and retrieving with
-        it. Writes the weights before/after and the losses of both to OUT.npz.
+        it, (c) trains the multi-agent algorithm under the strategy. Writes the weights before/after
+        and the losses of each to OUT.npz.
 
     python tests/distributed_worker.py parameter_server OUT.json
         The chief of an in-process parameter-server cluster (2 workers and 2 ps as
@@ -51,7 +52,7 @@ def multi_worker(out_path: str) -> None:
     from tfmarl.data.synthetic import generate_synthetic
     from tfmarl.envs import SessionConfig, SessionEnvironment, fit_user_model
     from tfmarl.envs.candidates import CandidateSessionEnvironment
-    from tfmarl.rl import CandidateRetriever, make_dqn_agent
+    from tfmarl.rl import CandidateRetriever, build_dqn
     from tfmarl.rl.learner import DistributedLearner, collect_transitions, train_step_variable, transitions_dataset
     from tfmarl.training import SequentialRecommender, pretrain
 
@@ -85,7 +86,7 @@ def multi_worker(out_path: str) -> None:
                                       CandidateRetriever(model, 8), 8)
     experience = collect_transitions(env, 12, seed=0)
     with strategy.scope():
-        agent, q_network = make_dqn_agent(env, model, hidden_units=(16,), target_update_period=4,
+        agent, q_network = build_dqn(env, model, hidden_units=(16,), target_update_period=4,
                                           train_step_counter=train_step_variable())
     out["rl_initial"] = flat(q_network.get_weights())
     # Checkpoints go to a directory both workers see (the chief writes; worker 1 a scratch copy).
@@ -99,6 +100,20 @@ def multi_worker(out_path: str) -> None:
     out["rl_losses"] = np.asarray(trained.losses)
     out["rl_steps"] = trained.steps
     out["rl_seconds"] = time.perf_counter() - rl_began
+
+    # (c) multi-agent training under the strategy: the learner's joint step runs on both workers'
+    # replicas (each worker collects its own sessions; the gradients are all-reduced).
+    from tfmarl.rl import make_algorithm
+
+    marl = make_algorithm("multiagent", model, user_model, session_config=config, candidates=8, batch_size=4,
+                          seed=0, facets=3, domains=2, hidden_units=(8,), replay_batch_size=8, warmup_steps=3,
+                          strategy=strategy, floors={"diversity": 0.1})
+    out["marl_initial"] = flat(marl.learner.network.get_weights())
+    marl_result = marl.train(10)
+    out["marl_final"] = flat(marl.learner.network.get_weights())
+    out["marl_target"] = flat(marl.learner.target_network.get_weights())
+    out["marl_train_steps"] = int(marl.learner.train_step.numpy())
+    out["marl_losses"] = np.asarray([p["loss/critic"] for p in marl_result.curve if "loss/critic" in p])
     out["seconds"] = time.perf_counter() - STARTED
     np.savez(out_path, **out)
 

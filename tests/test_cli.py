@@ -32,7 +32,10 @@ TINY = {
     ({"export": {"warmup": "yes"}}, "export.warmup: expected true or false"),
     ({"pretrain": 3}, "pretrain: expected a mapping"),
     ({"colour": "blue"}, "unknown config key 'colour'"),
-    ({"pretrain": {"strategy": "multi_worker"}}, "choose one of auto, cpu, gpu, mirrored, tpu (the tfmarl command"),
+    ({"strategy": "multi_worker"}, "strategy: 'multi_worker' is not allowed; choose one of auto, cpu, gpu, mirrored, "
+                                   "tpu (the tfmarl command"),
+    ({"pretrain": {"strategy": "cpu"}}, "config key 'pretrain.strategy' has moved: write it as 'strategy'"),
+    ({"rl": {"multiagent": {"encoder_learning_rate": 0}}}, "rl.multiagent.encoder_learning_rate: must be positive"),
     ({"rl": {"epsilon_start": 5}}, "rl.epsilon_start: must be in [0, 1], got 5"),
     ({"rl": {"multiagent": {"diversity_floor": -1}}}, "rl.multiagent.diversity_floor: must be >= 0"),
     ({"rl": {"multiagent": {"facets": 2, "domains": 3}}}, "rl.multiagent.domains: 3 domains need at least"),
@@ -72,7 +75,7 @@ def test_cli_refuses_a_cluster_it_cannot_run(tmp_path, capsys, monkeypatch):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(dict(TINY, run_dir=str(tmp_path / "run"))))
     assert main(["train", str(path), "--no-progress"]) == 2
-    assert "pretrain.strategy: 'auto' found a cluster in TF_CONFIG" in capsys.readouterr().err
+    assert "strategy: 'auto' found a cluster in TF_CONFIG" in capsys.readouterr().err
     assert not (tmp_path / "run" / "data").exists()  # refused before any stage ran
 
 
@@ -166,3 +169,39 @@ def test_a_changed_earlier_stage_retrains_rl_instead_of_restoring_it(tiny_run, c
     for stage, names in before.items():
         after = {p.name for p in (run / stage / "checkpoints").iterdir()}
         assert len(after) == 1 and after.isdisjoint(names), stage  # the old configuration's state is gone
+
+
+def test_every_command_help_shows_an_example(capsys):
+    from tfmarl.cli.main import EXAMPLES
+
+    names = ["quickstart", "train", "evaluate", "export", "simulate", "config", "serve"]
+    assert sorted(EXAMPLES) == sorted(names)  # a new command needs its example
+    for argv, name in [(["--help"], "quickstart")] + [([n, "--help"], n) for n in names]:
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert "example:" in lines, argv
+        examples = lines[lines.index("example:") + 1:]
+        assert any(line.startswith(f"  tfmarl {name}") for line in examples), (argv, examples)
+
+
+def test_simulate_refuses_an_unknown_policy_before_running(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["simulate", str(tmp_path / "c.yaml"), "--policies", "random,oracle"])
+    assert done.value.code == 2
+    assert "--policies: unknown policy 'oracle'; choose from random, popular, greedy, learned" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algorithm", ["dqn", "linucb"])
+def test_pipeline_trains_exports_and_evaluates_every_family_through_the_registry(algorithm, tmp_path):
+    """The RL stage builds any registered family from the config alone (no branching on its name)."""
+    config = dict(TINY, run_dir=str(tmp_path / "run"), export={"dir": str(tmp_path / "models")},
+                  rl=dict(TINY["rl"], algorithm=algorithm))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "run" / "evaluate" / "metrics.json").read_text())
+    assert algorithm in metrics["online"]
+    info = json.loads((tmp_path / "models" / "1" / "assets.extra" / "tfmarl.json").read_text())
+    assert info["algorithm"] == algorithm

@@ -12,7 +12,8 @@ import pytest
 from tfmarl.data.errors import DataError, DataWarning
 from tfmarl.data.interactions import Interactions
 from tfmarl.data.logs import load_interactions
-from tfmarl.data.movielens import ML100K_GENRES, load_movielens
+from tfmarl.data.movielens import (ML100K_GENRES, MOVIELENS_LAYOUTS, MOVIELENS_URL, MovieLensNotFoundError,
+                                   describe_movielens_layouts, load_movielens)
 
 # --- writing fake MovieLens directories ------------------------------------------------------
 
@@ -170,16 +171,76 @@ def test_missing_movies_file_warns_and_gives_no_item_table(tmp_path):
     assert data.items is None and data.num_interactions == 5
 
 
+EXPECTED_FILES = {"ml-100k": ("u.data", "u.item"), "ml-1m": ("ratings.dat", "movies.dat"),
+                  "ml-latest-small": ("ratings.csv", "movies.csv")}
+
+
+def assert_says_where_to_get_movielens(message):
+    """The message names every layout's files and where to download each archive."""
+    assert MOVIELENS_URL == "https://grouplens.org/datasets/movielens/" and MOVIELENS_URL in message
+    assert "https://files.grouplens.org/datasets/movielens/" in message
+    lines = message.splitlines()
+    for dataset, files in EXPECTED_FILES.items():
+        line = next(x for x in lines if x.strip().startswith(dataset) or f", {dataset}" in x.split(":")[0])
+        assert all(name in line for name in files) and f"{dataset}.zip" in line, line
+    for archive in ("ml-10m.zip", "ml-latest.zip", "ml-25m.zip"):
+        assert archive in message
+    assert "data: {source: movielens, path: /path/to/ml-100k}" in message
+
+
 def test_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_movielens(tmp_path / "nowhere")
+    error = raises_data_error(load_movielens, tmp_path / "nowhere", path=tmp_path / "nowhere",
+                              match="no such directory")
+    assert isinstance(error, MovieLensNotFoundError) and isinstance(error, FileNotFoundError)
+    assert_says_where_to_get_movielens(str(error))
 
 
 def test_unrecognised_directory_lists_expected_files(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    error = raises_data_error(load_movielens, tmp_path, path=tmp_path)
-    for expected in ("u.data", "ratings.dat", "ratings.csv", "notes.txt"):
-        assert expected in str(error)
+    error = raises_data_error(load_movielens, tmp_path, path=tmp_path, match="found notes.txt")
+    assert isinstance(error, MovieLensNotFoundError)
+    assert_says_where_to_get_movielens(str(error))
+
+
+def test_empty_directory_says_so(tmp_path):
+    assert_says_where_to_get_movielens(str(raises_data_error(load_movielens, tmp_path, match="found nothing")))
+
+
+@pytest.mark.parametrize("present, message", [
+    (("u.item", "u.genre"), "u.item and u.genre but no u.data (the ratings of ml-100k)"),
+    (("movies.dat",), "movies.dat but no ratings.dat (the ratings of ml-1m, ...)"),
+    (("movies.csv", "u.item"), "movies.csv but no ratings.csv"),
+])
+def test_partial_extraction_names_the_missing_ratings_file(tmp_path, present, message):
+    for name in present:
+        (tmp_path / name).write_bytes(b"")  # empty files: only their names matter here
+    error = raises_data_error(load_movielens, tmp_path, path=tmp_path, match=message)
+    assert_says_where_to_get_movielens(str(error))
+
+
+def test_data_one_level_down_is_pointed_at(tmp_path):
+    (tmp_path / "ml-1m").mkdir()
+    (tmp_path / "ml-1m" / "ratings.dat").write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    raises_data_error(load_movielens, tmp_path, path=tmp_path,
+                      match=f"MovieLens data is one level down: pass {tmp_path / 'ml-1m'}")
+
+
+def test_zip_archive_is_refused_with_a_hint(tmp_path):
+    archive = tmp_path / "ml-100k.zip"
+    archive.write_bytes(b"PK\x03\x04")  # a malformed stub: it must not be opened
+    error = raises_data_error(load_movielens, archive, path=archive, match="unzip ml-100k.zip and pass the directory")
+    assert_says_where_to_get_movielens(str(error))
+
+
+def test_describe_movielens_layouts_covers_every_layout():
+    text = describe_movielens_layouts()
+    assert_says_where_to_get_movielens(text)
+    assert len(text.splitlines()) == len(MOVIELENS_LAYOUTS) + 2
+    for layout in MOVIELENS_LAYOUTS:
+        assert len(layout.archives) == len(layout.datasets)
+        assert all(name.endswith(".zip") for name, _ in layout.archives)
+        assert layout.describe() in text and layout.ratings in layout.files()
 
 
 # --- MovieLens bad inputs --------------------------------------------------------------------

@@ -209,7 +209,7 @@ def test_transitions_and_sharded_dataset(rl_world):
 
 
 def test_learner_trains_checkpoints_and_resumes(rl_world, tmp_path):
-    from tfmarl.rl import make_dqn_agent
+    from tfmarl.rl import build_dqn
     from tfmarl.rl.learner import DistributedLearner, collect_transitions, transitions_dataset
 
     env = rl_world.candidate_env(batch_size=4, seed=0)
@@ -219,7 +219,7 @@ def test_learner_trains_checkpoints_and_resumes(rl_world, tmp_path):
         return transitions_dataset(experience, 8, context, seed=0)
 
     tf.keras.utils.set_random_seed(0)
-    agent, q_network = make_dqn_agent(env, rl_world.model, hidden_units=(8,), target_update_period=2)
+    agent, q_network = build_dqn(env, rl_world.model, hidden_units=(8,), target_update_period=2)
     initial = [w.copy() for w in q_network.get_weights()]
     learner = DistributedLearner(agent, dataset_fn, steps_per_call=2, checkpoint_dir=tmp_path, checkpoint_every=2)
     result = learner.run(5)
@@ -227,7 +227,7 @@ def test_learner_trains_checkpoints_and_resumes(rl_world, tmp_path):
     assert np.isfinite(result.losses).all()
     assert any(np.abs(a - b).max() > 0 for a, b in zip(initial, q_network.get_weights()))
     # A new agent on the same directory resumes at step 5 with the trained weights.
-    fresh, fresh_q = make_dqn_agent(env, rl_world.model, hidden_units=(8,), target_update_period=2)
+    fresh, fresh_q = build_dqn(env, rl_world.model, hidden_units=(8,), target_update_period=2)
     resumed = DistributedLearner(fresh, dataset_fn, checkpoint_dir=tmp_path)
     assert int(fresh.train_step_counter.numpy()) == 5
     for a, b in zip(q_network.get_weights(), fresh_q.get_weights()):
@@ -240,7 +240,7 @@ def test_learner_under_mirrored_matches_one_device(rl_world, mirrored):
 
     Without gradient clipping: TF-Agents clips each replica's gradients before they are summed,
     so with clipping that bites the steps differ slightly from one device's."""
-    from tfmarl.rl import make_dqn_agent
+    from tfmarl.rl import build_dqn
     from tfmarl.rl.learner import DistributedLearner, collect_transitions, train_step_variable, transitions_dataset
 
     env = rl_world.candidate_env(batch_size=4, seed=0)
@@ -250,7 +250,7 @@ def test_learner_under_mirrored_matches_one_device(rl_world, mirrored):
         return transitions_dataset(experience, 8, context, seed=0)
 
     options = dict(hidden_units=(8,), target_update_period=2, gradient_clipping=None)
-    single, single_q = make_dqn_agent(env, rl_world.model, **options)
+    single, single_q = build_dqn(env, rl_world.model, **options)
     with pytest.raises(ValueError, match="strategy.scope"):
         DistributedLearner(single, dataset_fn, mirrored)
     with mirrored.scope():  # an agent whose step counter replicas cannot increment (no aggregation)
@@ -260,7 +260,7 @@ def test_learner_under_mirrored_matches_one_device(rl_world, mirrored):
     with mirrored.scope():
         counter = train_step_variable()
         assert counter.aggregation == tf.VariableAggregation.ONLY_FIRST_REPLICA
-        replicated, replicated_q = make_dqn_agent(env, rl_world.model, train_step_counter=counter, **options)
+        replicated, replicated_q = build_dqn(env, rl_world.model, train_step_counter=counter, **options)
     replicated_q.set_weights(single_q.get_weights())
     replicated._target_q_network.set_weights(single._target_q_network.get_weights())  # noqa: SLF001
     one = DistributedLearner(single, dataset_fn, steps_per_call=3).run(3)
@@ -320,6 +320,16 @@ def test_multi_worker_rl_learner_is_identical_on_both_workers(multi_worker_run):
     assert np.abs(first["rl_final"] - first["rl_initial"]).max() > 1e-4
     np.testing.assert_allclose(first["rl_losses"], second["rl_losses"], rtol=1e-5)
     assert np.isfinite(first["rl_losses"]).all()
+
+
+def test_multi_worker_multiagent_training_is_identical_on_both_workers(multi_worker_run):
+    first, second = multi_worker_run
+    assert first["marl_train_steps"] == second["marl_train_steps"] == 10 - 3  # after the warm-up steps
+    np.testing.assert_allclose(first["marl_initial"], second["marl_initial"], rtol=0, atol=0)
+    np.testing.assert_allclose(first["marl_final"], second["marl_final"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(first["marl_target"], second["marl_target"], rtol=1e-6, atol=1e-7)
+    assert np.abs(first["marl_final"] - first["marl_initial"]).max() > 1e-4  # the heads learned
+    assert np.isfinite(first["marl_losses"]).all()
 
 
 def test_multi_worker_rl_learner_checkpoints_from_the_chief(multi_worker_run, multi_worker_tasks):

@@ -1,7 +1,7 @@
-"""Tests for the fitted user model and the batched interest-evolution session environment."""
+"""Tests for `tfmarl.envs.session`: the batched interest-evolution `SessionEnvironment` and its
+action helpers (`random_slates`, `first_repeat`)."""
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
@@ -9,164 +9,15 @@ from tf_agents.environments import utils as env_utils
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
-from tfmarl.data import DataError, Interactions, Vocabulary
-from tfmarl.data.synthetic import generate_synthetic
-from tfmarl.envs import (SessionConfig, SessionEnvironment, UserModel, fit_user_model, myopic_oracle_policy,
-                         quality_variety_oracle_policy, random_slates, run_episodes)
+from tfmarl.envs import SessionConfig, SessionEnvironment, first_repeat, myopic_oracle_policy, random_slates
+
+import test_envs_fakes as fakes
+from test_envs_fakes import random_policy
 
 
 @pytest.fixture(scope="module")
-def tiny_data():
-    return generate_synthetic(n_users=200, n_items=120, interactions_per_user=20, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_data):
-    return fit_user_model(tiny_data, seed=0)
-
-
-@pytest.fixture(scope="module")
-def default_model():
-    # The default SessionConfig is calibrated for catalogs of hundreds of items and more (see
-    # SessionConfig); the generator's default world (1000 users x 500 items) fits in < 1 s.
-    return fit_user_model(generate_synthetic(seed=0), seed=0)
-
-
-def random_policy(env, seed=0):
-    rng = np.random.default_rng(seed)
-    return lambda observation: random_slates(rng, env.batch_size, env.config.slate_size, env.num_items)
-
-
-# --- the fitted model ----------------------------------------------------------------------
-
-
-def test_user_model_contract(tiny_data, tiny_model):
-    m = tiny_model
-    n, u, d = 122, 200, 16
-    assert (m.num_items, m.num_users, m.dim) == (n, u, d)
-    assert m.item_vectors.shape == (n, d) and m.item_vectors.dtype == np.float32
-    assert m.user_vectors.shape == (u, d) and m.user_vectors.dtype == np.float32
-    assert m.item_bias.dtype == m.item_quality.dtype == np.float32 and m.item_category.dtype == np.int32
-    assert not m.item_vectors[:2].any() and (m.item_bias[:2] < -1000).all()
-    assert (m.item_category[:2] == 0).all() and not m.item_quality[:2].any()
-    assert abs(m.item_bias[2:].mean()) < 1e-5
-    assert abs(m.item_quality[2:].mean()) < 1e-5 and abs(m.item_quality[2:].std() - 1) < 1e-3
-    for array in (m.item_vectors, m.user_vectors, m.item_bias, m.item_quality):
-        assert np.isfinite(array).all()
-    # Categories are the item table's first category.
-    assert m.num_categories == 12 and m.metadata["category_source"] == "item table"
-    table = tiny_data.items
-    for index in (2, 50, 121):
-        token = m.item_vocab[index - 2]
-        assert m.category_names[m.item_category[index]] == table.loc[token, "categories"][0]
-    # Histories: the user's items, time-ordered, only real items.
-    log = tiny_data.log
-    user = m.user_ids[7]
-    expected = log[log["user_id"] == user].sort_values("timestamp", kind="stable")["item_id"]
-    np.testing.assert_array_equal(m.vocabulary.decode(m.history(7)), expected.to_numpy())
-    assert m.user_histories.items.min() >= 2
-
-
-def _auc(model, data, seed=0):
-    vocab = model.vocabulary
-    user_index = {uid: k for k, uid in enumerate(model.user_ids)}
-    users = np.array([user_index[x] for x in data.log["user_id"]])
-    items = vocab.lookup(data.log["item_id"].to_numpy(dtype=object))
-    positive = model.affinity(users, items)
-    rng = np.random.default_rng(seed)
-    negative = model.affinity(rng.integers(model.num_users, size=len(users)),
-                              rng.integers(2, model.num_items, size=len(users)))
-    # P(positive > negative) over all pairs, via ranks.
-    scores = np.concatenate([positive, negative])
-    ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable") + 1
-    n = len(positive)
-    return (ranks[:n].sum() - n * (n + 1) / 2) / (n * n)
-
-
-def test_affinity_separates_observed_from_random_pairs(tiny_data, tiny_model, default_model):
-    assert _auc(tiny_model, tiny_data) > 0.85
-    assert tiny_model.metadata["auc"] > 0.85 and default_model.metadata["auc"] > 0.85
-    # Standardised: user.item over random pairs has standard deviation ~1.
-    scores = default_model.user_vectors @ default_model.item_vectors[2:].T
-    assert 0.9 < scores.std() < 1.1
-
-
-def test_heldout_split_is_disjoint_and_deterministic(tiny_data, tiny_model):
-    m = tiny_model
-    assert len(np.intersect1d(m.train_users, m.heldout_users)) == 0
-    np.testing.assert_array_equal(np.union1d(m.train_users, m.heldout_users), np.arange(m.num_users))
-    assert len(m.heldout_users) == 40
-    again = fit_user_model(tiny_data, seed=0, iterations=2)
-    np.testing.assert_array_equal(again.heldout_users, m.heldout_users)
-    other = fit_user_model(tiny_data, seed=1, iterations=2, heldout_fraction=0.5)
-    assert len(other.heldout_users) == 100 and not np.array_equal(other.heldout_users[:40], m.heldout_users)
-    np.testing.assert_array_equal(fit_user_model(tiny_data, seed=0).user_vectors, m.user_vectors)
-
-
-def test_fit_without_item_table_or_ratings(tiny_data):
-    bare = Interactions(log=tiny_data.log.drop(columns=["rating"]), name="bare")
-    m = fit_user_model(bare, num_categories=5, iterations=5)
-    assert m.num_categories == 5 and m.metadata["category_source"] == "k-means"
-    assert m.metadata["quality_source"] == "fit"
-    assert set(np.unique(m.item_category[2:])) == set(range(5))
-    assert np.isfinite(m.item_quality).all() and abs(m.item_quality[2:].std() - 1) < 1e-3
-
-
-def test_fit_rejects_bad_input(tiny_data):
-    with pytest.raises(DataError, match="not in item_vocab"):
-        fit_user_model(tiny_data, Vocabulary([str(i) for i in range(1, 50)]))
-    with pytest.raises(DataError, match="no interactions"):
-        Interactions(log=tiny_data.log.iloc[:0])
-    emptied = Interactions(log=tiny_data.log, name="emptied")
-    emptied.log = tiny_data.log.iloc[:0]
-    with pytest.raises(DataError, match="no interactions"):
-        fit_user_model(emptied)
-    with pytest.raises(TypeError, match="Interactions"):
-        fit_user_model(tiny_data.log)
-    for bad in (dict(dim=0), dict(heldout_fraction=1.0), dict(iterations=0), dict(regularization=-1.0)):
-        with pytest.raises(ValueError, match=next(iter(bad))):
-            fit_user_model(tiny_data, **bad)
-
-
-def test_fit_with_a_larger_vocabulary(tiny_data):
-    vocab = Vocabulary([str(i) for i in range(1, 131)])  # 10 catalog items nobody consumed
-    m = fit_user_model(tiny_data, vocab, iterations=3)
-    assert m.num_items == 132 and not m.item_vectors[122:].any()
-    assert np.isfinite(m.item_quality).all()
-
-
-def test_save_load_roundtrip(tmp_path, tiny_model):
-    path = tmp_path / "sub" / "model.npz"
-    tiny_model.save(path)
-    tiny_model.save(path)  # overwrite
-    assert sorted(os.listdir(path.parent)) == ["model.npz"]  # no temporary files left behind
-    loaded = UserModel.load(path)
-    for field in dataclasses.fields(UserModel):
-        a, b = getattr(tiny_model, field.name), getattr(loaded, field.name)
-        if field.name == "user_histories":
-            for part in ("user_ids", "offsets", "items", "timestamps"):
-                np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
-        elif isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, b)
-        else:
-            assert a == b
-    (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError):
-        UserModel.load(tmp_path / "junk.npz")
-
-
-# --- configuration ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("field, value, message", [
-    ("slate_size", 0, "slate_size"), ("max_steps", 2.5, "max_steps"), ("boredom_decay", 1.5, "boredom_decay"),
-    ("initial_budget", float("nan"), "initial_budget"), ("step_cost", -1.0, "step_cost"),
-    ("reward_weights", {"clicks": 1.0}, "unknown signal 'clicks'"),
-    ("reward_weights", {"click": "1"}, r"reward_weights\['click'\]"), ("interest_step", 2.0, "interest_step"),
-])
-def test_config_validation(field, value, message):
-    with pytest.raises(ValueError, match=message):
-        SessionConfig(**{field: value})
+def tiny_model():
+    return fakes.tiny_model()
 
 
 def test_environment_rejects_bad_arguments(tiny_model):
@@ -373,38 +224,8 @@ def test_random_slates():
         random_slates(rng, 2, 29, 30)
 
 
-# --- sessions and the long-term objective -----------------------------------------------------
-
-
-def test_run_episodes_and_sessions_end(tiny_model):
-    env = SessionEnvironment(tiny_model, batch_size=32, seed=0)
-    result = run_episodes(env, random_policy(env), 100, seed=0)
-    for key in ("return", "clicks", "ctr", "length", "satisfaction", "conversions"):
-        assert result[key].shape == (100,)
-    assert (result["length"] >= 1).all() and (result["length"] <= env.config.max_steps).all()
-    assert (result["length"] < env.config.max_steps).mean() > 0.9  # sessions end by themselves
-    np.testing.assert_array_equal(result["return"], result["clicks"])  # default reward: clicks
-    assert ((result["ctr"] >= 0) & (result["ctr"] <= 1)).all()
-    assert 0 < result["coverage"] <= 1 and 0 < result["diversity"] <= 2
-    assert result["recommended_items"].min() >= 2
-    again = run_episodes(env, random_policy(env), 100, seed=0)
-    np.testing.assert_array_equal(result["return"], again["return"])
-    with pytest.raises(ValueError):
-        run_episodes(env, random_policy(env), 0)
-
-
-def test_long_term_beats_myopic_beats_random(default_model):
-    env = SessionEnvironment(default_model, batch_size=200, users="heldout", seed=0)
-    returns = {}
-    for name, policy in [("random", random_policy(env)), ("myopic", myopic_oracle_policy(env)),
-                         ("quality_variety", quality_variety_oracle_policy(env))]:
-        result = run_episodes(env, policy, 400, seed=1)
-        returns[name] = result["return"].mean()
-        assert (result["length"] < env.config.max_steps).mean() > 0.9
-        if name == "myopic":
-            myopic_length, myopic_ctr = result["length"].mean(), result["ctr"].mean()
-        if name == "quality_variety":
-            assert result["length"].mean() > 1.2 * myopic_length  # longer sessions...
-            assert result["ctr"].mean() < myopic_ctr  # ...despite fewer clicks per slate
-    assert returns["myopic"] > 2 * returns["random"]
-    assert returns["quality_variety"] > 1.15 * returns["myopic"]
+def test_first_repeat_names_the_first_slate_and_value():
+    assert first_repeat(np.array([[2, 3, 4], [5, 6, 7]])) is None
+    assert first_repeat(np.array([[2, 3, 4], [9, 6, 9], [3, 3, 8]])) == (1, 9)
+    assert first_repeat(np.array([[4, 4, 2, 2]])) == (0, 2)  # the smallest repeated value of the row
+    assert first_repeat(np.zeros((0, 3), np.int32)) is None

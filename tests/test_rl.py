@@ -32,7 +32,7 @@ from tfmarl.envs.candidates import CandidateSessionEnvironment
 from tfmarl.evaluation import BanditLogWriter, ips, read_logs
 from tfmarl.rl import (BANDITS, BanditSlatePolicy, CandidateRetriever, GreedySlatePolicy, PerArmTowerNetwork,
                        PopularSlatePolicy, QSlatePolicy, RandomSlatePolicy, SlatePyPolicy, consumed_positions, explore,
-                       linear_schedule, loops, make_bandit_agent, make_dqn_agent, predicted_rewards, pretrain_towers,
+                       linear_schedule, loops, build_bandit, build_dqn, predicted_rewards, pretrain_towers,
                        top_positions, train_bandit, train_dqn)
 from tfmarl.rl.policies import explore_positions
 from tfmarl.training import SequentialRecommender
@@ -205,7 +205,7 @@ def micro_dqn(request):
                                   num_heads=1, dropout=0.0)
     model.build_all()
     env = TwoStepEnvironment(seed=0)
-    agent, q_network = make_dqn_agent(env, model, double=double, gamma=GAMMA, learning_rate=1e-2,
+    agent, q_network = build_dqn(env, model, double=double, gamma=GAMMA, learning_rate=1e-2,
                                       target_update_period=10, hidden_units=(16,))
     result = train_dqn(agent, q_network, env, 100, batch_size=16, warmup_steps=10, epsilon=0.5, log_every=20, seed=0)
     return types.SimpleNamespace(double=double, agent=agent, q_network=q_network, result=result)
@@ -367,7 +367,7 @@ def test_bandit_agent_learns_a_linear_problem(name):
     options = {"neural_linucb": dict(arm_slice=3),
                "neural_epsilon_greedy": dict(arm_slice=3, learning_rate=0.05, epsilon=0.02)}.get(name, {})
     tf.keras.utils.set_random_seed(0)
-    agent = make_bandit_agent(name, env, **options)
+    agent = build_bandit(name, env, **options)
     rounds = 60 if name == "neural_epsilon_greedy" else 30  # SGD on the reward network is slower
     result = train_bandit(agent, env, rounds, log_every=1, seed=0)
     assert (result.start_step, result.steps) == (0, rounds) and len(result.curve) == rounds
@@ -385,9 +385,9 @@ def test_bandit_agent_learns_a_linear_problem(name):
         assert late < 0.1 * random_regret and late < 0.25 * early, (name, regret)
 
 
-def test_make_bandit_agent_rejects_unknown_names():
+def test_build_bandit_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown bandit 'ucb'"):
-        make_bandit_agent("ucb", LinearPerArmEnvironment())
+        build_bandit("ucb", LinearPerArmEnvironment())
 
 
 def test_pretrain_towers_fits_a_product_structure():
@@ -420,7 +420,7 @@ def test_pretrain_towers_fits_a_product_structure():
 
 def test_explore_propensities_and_chosen_arm_features():
     env = LinearPerArmEnvironment(batch_size=2000, seed=4)
-    agent = make_bandit_agent("linucb", env)
+    agent = build_bandit("linucb", env)
     train_bandit(agent, env, 2, seed=0)  # some data, so the greedy arms vary
     time_step = env.reset()
     per_arm = time_step.observation["per_arm"]
@@ -525,7 +525,7 @@ def test_train_dqn_resumes_from_a_checkpoint(rl_world, tmp_path, monkeypatch):
     def new_agent(seed):
         tf.keras.utils.set_random_seed(seed)
         env = rl_world.candidate_env(batch_size=4, seed=seed)
-        agent, q_network = make_dqn_agent(env, rl_world.model, double=False, hidden_units=(8,),
+        agent, q_network = build_dqn(env, rl_world.model, double=False, hidden_units=(8,),
                                           target_update_period=5)
         return env, agent, q_network
 
@@ -564,13 +564,13 @@ def test_train_dqn_resumes_from_a_checkpoint(rl_world, tmp_path, monkeypatch):
 
 def test_train_bandit_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     directory = tmp_path / "checkpoints"
-    agent = make_bandit_agent("linucb", LinearPerArmEnvironment(seed=2))
+    agent = build_bandit("linucb", LinearPerArmEnvironment(seed=2))
     first = train_bandit(agent, LinearPerArmEnvironment(seed=2), 4, checkpoint_dir=directory, checkpoint_every=2,
                          log_every=2)
     assert (first.start_step, first.steps) == (0, 4)
     saved = [v.numpy() for v in agent.variables]
 
-    fresh = make_bandit_agent("linucb", LinearPerArmEnvironment(seed=3))
+    fresh = build_bandit("linucb", LinearPerArmEnvironment(seed=3))
     assert any(not np.array_equal(a, b.numpy()) for a, b in zip(saved, fresh.variables))
     restored = {}
     original = loops._checkpointer
@@ -605,7 +605,7 @@ def test_train_dqn_writes_tensorboard_summaries(rl_dqn):
 
 def test_train_bandit_writes_tensorboard_summaries(tmp_path):
     env = LinearPerArmEnvironment(seed=5)
-    result = train_bandit(make_bandit_agent("lints", env), env, 6, log_dir=tmp_path, log_every=3)
+    result = train_bandit(build_bandit("lints", env), env, 6, log_dir=tmp_path, log_every=3)
     values = event_values(tmp_path)
     for key in ("reward", "regret", "loss"):
         assert [step for step, _ in values[f"bandit/{key}"]] == [3, 6], key
@@ -615,7 +615,7 @@ def test_train_bandit_writes_tensorboard_summaries(tmp_path):
 
 def test_bandit_loop_writes_off_policy_logs(rl_world, tmp_path):
     env = rl_world.bandit_env(batch_size=8, seed=4)
-    agent = make_bandit_agent("linucb", env)
+    agent = build_bandit("linucb", env)
     epsilon, n, rounds = 0.2, rl_world.num_candidates, 12
     with BanditLogWriter(tmp_path / "log", flush_every=30) as writer:
         result = train_bandit(agent, env, rounds, exploration_epsilon=epsilon, ope_log=writer, log_every=4, seed=0)

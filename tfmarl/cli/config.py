@@ -85,9 +85,6 @@ class PretrainConfig:
     batch_size: int = 128
     learning_rate: float = 0.001
     patience: int = 3
-    strategy: str = choice("auto", "auto", "cpu", "gpu", "mirrored", "tpu",
-                           doc="the tfmarl command runs on one machine; for multi_worker or parameter_server "
-                               "train through the Python API, see docs/distributed.md")
 
 
 @dataclasses.dataclass
@@ -107,6 +104,8 @@ class MultiAgentConfig:
     satisfaction_floor: float = 1.5  # mean satisfaction per recommendation
     gamma: float = 0.9
     learning_rate: float = 0.001
+    trainable_encoders: bool = False  # fine-tune the pretrained agents' layers end to end in RL
+    encoder_learning_rate: float = 0.0001
 
 
 @dataclasses.dataclass
@@ -141,6 +140,10 @@ class ExportConfig:
 class Config:
     run_dir: str = "runs/quickstart"
     seed: int = 0
+    # Every stage (pretraining, RL) trains under this tf.distribute strategy.
+    strategy: str = choice("auto", "auto", "cpu", "gpu", "mirrored", "tpu",
+                           doc="the tfmarl command runs on one machine; for multi_worker or parameter_server "
+                               "train through the Python API, see docs/distributed.md")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     simulator: SimulatorConfig = dataclasses.field(default_factory=SimulatorConfig)
@@ -153,6 +156,8 @@ class Config:
 
 
 BASELINES = ("random", "popular", "greedy")
+# Keys that moved: the old dotted key -> its replacement (named in the error).
+MOVED = {"pretrain.strategy": "strategy"}
 
 
 def _build(cls, values, where: str):
@@ -165,6 +170,9 @@ def _build(cls, values, where: str):
     kwargs = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else str(key)
+        if path in MOVED:
+            raise ConfigError(f"config key {path!r} has moved: write it as {MOVED[path]!r} (it now applies to "
+                              "every stage)")
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -227,7 +235,7 @@ def _check_values(config, where):
         path = f"{where}.{f.name}" if where else f.name
         if f.name in _POSITIVE and isinstance(value, int) and value < 1:
             raise ConfigError(f"{path}: must be a positive integer, got {value}")
-        if f.name in ("learning_rate",) and value <= 0:
+        if f.name in ("learning_rate", "encoder_learning_rate") and value <= 0:
             raise ConfigError(f"{path}: must be positive, got {value}")
         if f.name in ("dropout", "heldout_fraction") and not 0 <= value < 1:
             raise ConfigError(f"{path}: must be in [0, 1), got {value}")
@@ -244,7 +252,7 @@ def _check_values(config, where):
     if isinstance(config, DataConfig) and config.source != "synthetic" and not config.path:
         raise ConfigError(f"{where}.path: required when {where}.source is {config.source!r}")
     if isinstance(config, SimulatorConfig) and config.session:
-        from tfmarl.envs.session import SessionConfig
+        from tfmarl.envs import SessionConfig
 
         allowed = [f.name for f in dataclasses.fields(SessionConfig)]
         for key in config.session:
@@ -268,7 +276,7 @@ def config_from_dict(values: dict) -> Config:
 
 def _check_consistency(config: Config) -> None:
     """Checks between sections, so that a run does not fail after hours of pretraining."""
-    from tfmarl.envs.session import SessionConfig
+    from tfmarl.envs import SessionConfig
 
     rl, ma = config.rl, config.rl.multiagent
     slate_size = SessionConfig(**config.simulator.session).slate_size

@@ -158,11 +158,11 @@ class Pipeline:
         from tfmarl.training import get_strategy
         from tfmarl.training.strategy import auto_strategy_name
 
-        if self.config.pretrain.strategy == "auto" and auto_strategy_name() in ("multi_worker", "parameter_server"):
-            raise ConfigError("pretrain.strategy: 'auto' found a cluster in TF_CONFIG, but the tfmarl command runs "
+        if self.config.strategy == "auto" and auto_strategy_name() in ("multi_worker", "parameter_server"):
+            raise ConfigError("strategy: 'auto' found a cluster in TF_CONFIG, but the tfmarl command runs "
                               "on one machine: unset TF_CONFIG, or train on the cluster through the Python API "
                               "(docs/distributed.md)")
-        return get_strategy(self.config.pretrain.strategy)
+        return get_strategy(self.config.strategy)
 
     def _build_model(self):
         import tensorflow as tf
@@ -238,46 +238,24 @@ class Pipeline:
         return SessionConfig(**self.config.simulator.session)
 
     def stage_rl(self, reuse: bool) -> None:
-        import tensorflow as tf
-
-        from tfmarl.envs import SessionEnvironment
-        from tfmarl.envs.candidates import CandidateSessionEnvironment
-        from tfmarl.rl import CandidateRetriever, linear_schedule
+        from tfmarl.rl import CandidateRetriever
+        from tfmarl.rl.algorithms import ALGORITHMS, make_algorithm
 
         cfg, s = self.config.rl, self.state
         out = self.run_dir / "rl"
         s["retriever"] = CandidateRetriever(s["model"], num_candidates=cfg.candidates)
         s["rl"] = {"algorithm": cfg.algorithm}
+        s["algorithm"] = None
         if cfg.algorithm == "none":
             return
-        tf.keras.utils.set_random_seed(self.config.seed)
-        session = SessionEnvironment(s["user_model"], self._session_config(), batch_size=cfg.batch_size,
-                                     users="train", seed=self.config.seed)
-        epsilon = linear_schedule(cfg.epsilon_start, cfg.epsilon_end, max(cfg.steps // 3, 1))
-        log_dir = self.run_dir / "tensorboard" / "rl"
-        steps = 0 if reuse else cfg.steps  # reuse: restore the checkpoint, train no further
-        if cfg.algorithm == "multiagent":
-            result = self._train_multiagent(session, epsilon, steps or cfg.steps, out, log_dir)
-        elif cfg.algorithm == "dqn":
-            from tfmarl.rl import make_dqn_agent, train_dqn
-
-            env = CandidateSessionEnvironment(session, s["retriever"], cfg.candidates)
-            agent, q_network = make_dqn_agent(env, s["model"], gamma=cfg.gamma)
-            result = train_dqn(agent, q_network, env, cfg.steps, epsilon=epsilon, seed=self.config.seed,
-                               log_dir=log_dir, checkpoint_dir=self._checkpoints("rl"), progress=self.progress)
-            s["policy_objects"] = {"agent": agent, "q_network": q_network}
-        else:
-            from tfmarl.envs.bandit import PerArmBanditEnvironment
-            from tfmarl.rl import make_bandit_agent, train_bandit
-
-            features = "crossed" if cfg.algorithm in ("linucb", "lints") else "item"
-            env = PerArmBanditEnvironment(s["user_model"], s["retriever"], s["retriever"].item_vectors, cfg.candidates,
-                                          config=self._session_config(), batch_size=cfg.batch_size, users="train",
-                                          seed=self.config.seed, arm_features=features)
-            agent = make_bandit_agent(cfg.algorithm, env, encoding_network_num_train_steps=cfg.steps // 3)
-            result = train_bandit(agent, env, cfg.steps, seed=self.config.seed, log_dir=log_dir,
-                                  checkpoint_dir=self._checkpoints("rl"), progress=self.progress)
-            s["policy_objects"] = {"agent": agent, "arm_features": features}
+        options = ALGORITHMS[cfg.algorithm].options_from_config(cfg)
+        algorithm = make_algorithm(cfg.algorithm, s["model"], s["user_model"], session_config=self._session_config(),
+                                   candidates=cfg.candidates, batch_size=cfg.batch_size, seed=self.config.seed,
+                                   item_counts=s["counts"], checkpoint_dir=self._checkpoints("rl"),
+                                   log_dir=self.run_dir / "tensorboard" / "rl", strategy=self.strategy, **options)
+        # On reuse this restores the finished run's checkpoint and trains no further.
+        result = algorithm.train(cfg.steps, progress=self.progress)
+        s["algorithm"] = algorithm
         summary = {"algorithm": cfg.algorithm, "steps": cfg.steps, "seconds": result.seconds,
                    "env_steps_per_second": result.env_steps_per_second,
                    "train_steps_per_second": result.train_steps_per_second, "curve": result.curve}
@@ -288,47 +266,10 @@ class Pipeline:
             atomic_write_text(path, json.dumps(summary, indent=2, default=float))
         s["rl"] = summary
 
-    def _train_multiagent(self, session, epsilon, steps, out, log_dir):
-        from tfmarl.envs.candidates import CandidateSessionEnvironment
-        from tfmarl.rl import GreedySlatePolicy
-        from tfmarl.rl.multiagent import (AdaptiveReward, MultiAgentRoles, MultiAgentTrainer, build_facets,
-                                          slate_diversity)
-
-        cfg, s = self.config.rl, self.state
-        ma = cfg.multiagent
-        retriever = s["retriever"]
-        facets = build_facets(retriever.item_vectors, ma.facets, ma.domains, seed=self.config.seed)
-        env = CandidateSessionEnvironment(session, retriever, cfg.candidates, include_state=True,
-                                          item_facets=facets.item_facet)
-        # The diversity floor is stated relative to the greedy two-tower's slates.
-        greedy = GreedySlatePolicy(retriever, session.config.slate_size)
-        time_step = session.reset()
-        greedy_diversity = float(np.mean(slate_diversity(retriever.item_vectors[greedy(time_step.observation)])))
-        floors = {"diversity": ma.diversity_floor * greedy_diversity, "satisfaction": ma.satisfaction_floor}
-        roles = MultiAgentRoles(env, retriever.item_vectors, facets, use_critic=ma.critic, gamma=ma.gamma,
-                                learning_rate=ma.learning_rate)
-        trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, s["counts"],
-                                    reward=AdaptiveReward(floors, adapt=ma.adaptive_reward), epsilon=epsilon,
-                                    seed=self.config.seed, checkpoint_dir=self._checkpoints("rl"), log_dir=log_dir)
-        result = trainer.run(steps, log_every=max(steps // 50, 1), progress=self.progress)
-        s["policy_objects"] = {"roles": roles, "facets": facets, "floors": floors}
-        return result
-
     def learned_policy(self):
         """The trained policy as a slate policy over plain session observations (or None)."""
-        from tfmarl.rl import BanditSlatePolicy, QSlatePolicy
-        from tfmarl.rl.multiagent import MultiAgentSlatePolicy
-
-        s, algorithm = self.state, self.config.rl.algorithm
-        objects, retriever = s.get("policy_objects"), s["retriever"]
-        k = self._session_config().slate_size
-        if algorithm == "none" or objects is None:
-            return None
-        if algorithm == "dqn":
-            return QSlatePolicy(objects["q_network"], k, retriever=retriever)
-        if algorithm != "multiagent":
-            return BanditSlatePolicy(objects["agent"].policy, retriever, k, arm_features=objects["arm_features"])
-        return MultiAgentSlatePolicy(objects["roles"], retriever)
+        algorithm = self.state.get("algorithm")
+        return None if algorithm is None else algorithm.slate_policy()
 
     def stage_evaluate(self, reuse: bool) -> None:
         from tfmarl.envs import SessionEnvironment, run_episodes
@@ -366,8 +307,7 @@ class Pipeline:
         s["metrics"] = metrics
 
     def stage_export(self, reuse: bool) -> None:
-        from tfmarl.export import (bandit_scorer, export_candidate_recommender, export_recommender, multiagent_scorer,
-                                   q_network_scorer)
+        from tfmarl.export import export_recommender
 
         cfg, s = self.config.export, self.state
         record = self.run_dir / "export.json"
@@ -375,26 +315,13 @@ class Pipeline:
             s["export"] = json.loads(record.read_text())
             self.say(f"   {s['export']['path']}")
             return
-        algorithm, objects = self.config.rl.algorithm, s.get("policy_objects")
-        model, candidates = s["model"], self.config.rl.candidates
-        meta = {"run_dir": str(self.run_dir), "algorithm": algorithm}
-        if algorithm == "none" or objects is None:
-            path = export_recommender(model, cfg.dir, k=cfg.k, retrieval=cfg.retrieval, metadata=meta,
+        algorithm = s.get("algorithm")
+        meta = {"run_dir": str(self.run_dir), "algorithm": self.config.rl.algorithm}
+        if algorithm is None:
+            path = export_recommender(s["model"], cfg.dir, k=cfg.k, retrieval=cfg.retrieval, metadata=meta,
                                       warmup=cfg.warmup)
         else:
-            history_length = self._session_config().history_length
-            if algorithm == "multiagent":
-                score = multiagent_scorer(objects["roles"], model, objects["facets"], history_length=history_length)
-                variables = objects["roles"].variables
-            elif algorithm == "dqn":
-                score, variables = q_network_scorer(objects["q_network"], history_length), objects["q_network"].variables
-            else:
-                score = bandit_scorer(objects["agent"].policy, model, arm_features=objects["arm_features"],
-                                      history_length=history_length)
-                variables = objects["agent"].policy.variables()
-            path = export_candidate_recommender(model, score, cfg.dir, variables=variables, k=cfg.k,
-                                                num_candidates=candidates, retrieval=cfg.retrieval, metadata=meta,
-                                                warmup=cfg.warmup)
+            path = algorithm.export(cfg.dir, k=cfg.k, retrieval=cfg.retrieval, metadata=meta, warmup=cfg.warmup)
         s["export"] = {"path": str(path), "model_base_path": cfg.dir}
         atomic_write_text(record, json.dumps(s["export"], indent=2))
         self.say(f"   wrote {path}")

@@ -13,7 +13,11 @@ from tfmarl.data.vocab import OOV_INDEX, PAD_INDEX, Vocabulary
 
 _LAZY = {
     "load_movielens": "tfmarl.data.movielens",
+    "MovieLensNotFoundError": "tfmarl.data.movielens",
+    "MOVIELENS_LAYOUTS": "tfmarl.data.movielens",
+    "describe_movielens_layouts": "tfmarl.data.movielens",
     "load_interactions": "tfmarl.data.logs",
+    "load_bandit_feedback": "tfmarl.data.bandit_feedback",
     "generate_synthetic": "tfmarl.data.synthetic",
     "ItemFeatures": "tfmarl.data.item_features",
     "build_item_features": "tfmarl.data.item_features",

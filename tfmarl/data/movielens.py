@@ -1,10 +1,13 @@
 """Loader for the GroupLens MovieLens data sets in their original layouts.
 
-Recognised layouts (by the files in the directory):
+Recognised layouts (by the files in the directory; `MOVIELENS_LAYOUTS`):
   ml-100k:            ``u.data`` (tab-separated), ``u.item`` (``|``-separated, latin-1), ``u.genre``
   ml-1m, ml-10m:      ``ratings.dat``, ``movies.dat`` (``::``-separated, latin-1)
   ml-latest(-small),
   ml-20m, ml-25m, ...: ``ratings.csv``, ``movies.csv`` (with headers, UTF-8)
+
+The data sets are not shipped: download a zip from the GroupLens page (`MOVIELENS_URL`), unzip it
+and pass the directory. `describe_movielens_layouts` says which files and archives, for messages.
 """
 
 from __future__ import annotations
@@ -29,19 +32,65 @@ ML100K_GENRES = (
 NO_GENRES = "(no genres listed)"
 
 
+MOVIELENS_URL = "https://grouplens.org/datasets/movielens/"
+MOVIELENS_DOWNLOADS = "https://files.grouplens.org/datasets/movielens/"  # + an archive name
+
+
 @dataclasses.dataclass(frozen=True)
-class _Layout:
-    kind: str  # "100k", "dat" or "csv"
+class MovieLensLayout:
+    """One on-disk layout of the MovieLens files.
+
+    Attributes:
+      kind: "100k", "dat" or "csv".
+      datasets: the data sets published in this layout.
+      ratings: the file that must be there.
+      movies: the item table (titles, genres); without it the data loads with no item table.
+      optional: other files read when present.
+      archives: the zip names under `MOVIELENS_DOWNLOADS`, one per data set, and what each unzips
+        to when that is not its data set's name.
+    """
+
+    kind: str
+    datasets: tuple[str, ...]
     ratings: str
     movies: str
-    description: str
+    optional: tuple[str, ...]
+    archives: tuple[tuple[str, str], ...]
+
+    def files(self) -> str:
+        extra = f" ({', '.join(self.optional)} optional)" if self.optional else ""
+        return f"{self.ratings} and {self.movies}{extra}"
+
+    def describe(self) -> str:
+        archives = ", ".join(name + (f" (unzips to {directory}/)" if directory else "")
+                             for name, directory in self.archives)
+        return f"{', '.join(self.datasets)}: {self.files()}; download {archives} from {MOVIELENS_DOWNLOADS}"
 
 
-_LAYOUTS = (
-    _Layout("100k", "u.data", "u.item", "ml-100k: u.data and u.item"),
-    _Layout("dat", "ratings.dat", "movies.dat", "ml-1m / ml-10m: ratings.dat and movies.dat"),
-    _Layout("csv", "ratings.csv", "movies.csv", "ml-latest, ml-latest-small, ml-20m, ...: ratings.csv and movies.csv"),
+MOVIELENS_LAYOUTS = (
+    MovieLensLayout("100k", ("ml-100k",), "u.data", "u.item", ("u.genre",), (("ml-100k.zip", ""),)),
+    MovieLensLayout("dat", ("ml-1m", "ml-10m"), "ratings.dat", "movies.dat", (),
+                    (("ml-1m.zip", ""), ("ml-10m.zip", "ml-10M100K"))),
+    MovieLensLayout("csv", ("ml-latest-small", "ml-latest", "ml-20m", "ml-25m", "ml-32m"), "ratings.csv",
+                    "movies.csv", (), (("ml-latest-small.zip", ""), ("ml-latest.zip", ""), ("ml-20m.zip", ""),
+                                       ("ml-25m.zip", ""), ("ml-32m.zip", ""))),
 )
+
+
+def describe_movielens_layouts() -> str:
+    """Where to get each MovieLens layout `load_movielens` reads and which files it needs, one
+    line per layout, as printed in its errors (and by the CLI)."""
+    lines = [f"MovieLens data sets (from {MOVIELENS_URL}), one layout per line:"]
+    lines += [f"  {layout.describe()}" for layout in MOVIELENS_LAYOUTS]
+    lines.append("Unzip one and pass its directory: load_movielens('/path/to/ml-100k'), "
+                 "or in a tfmarl config: data: {source: movielens, path: /path/to/ml-100k}")
+    return "\n".join(lines)
+
+
+class MovieLensNotFoundError(DataError, FileNotFoundError):
+    """No MovieLens data at the path: it does not exist, or holds no layout's ratings file. The
+    message says which files each layout needs and where to download them. Both a `DataError`
+    and a `FileNotFoundError`, so either ``except`` catches it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +114,10 @@ def load_movielens(path, *, on_duplicates: str = "warn") -> Interactions:
     ('warn', 'drop' or 'error'; see `load_interactions`); their count is
     ``metadata["duplicates"]``. Without the movies file, items is None (with a DataWarning).
 
-    Raises FileNotFoundError if ``path`` does not exist, DataError if the directory is not a
-    MovieLens layout or a file is malformed (naming file, line and problem), ValueError for an
-    unknown ``on_duplicates``.
+    Raises `MovieLensNotFoundError` (a DataError and a FileNotFoundError) if ``path`` does not
+    exist or holds no layout's ratings file, naming the files each layout needs and where to
+    download them (`describe_movielens_layouts`); DataError if a file is malformed (naming file,
+    line and problem); ValueError for an unknown ``on_duplicates``.
     """
     v.check_on_duplicates(on_duplicates)
     directory = _directory(path)
@@ -91,21 +141,35 @@ def load_movielens(path, *, on_duplicates: str = "warn") -> Interactions:
 def _directory(path) -> pathlib.Path:
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such directory: {path}")
+        raise MovieLensNotFoundError(f"no such directory\n{describe_movielens_layouts()}", path=path)
+    if path.is_file() and path.suffix == ".zip":
+        raise MovieLensNotFoundError(f"a zip archive is not read: unzip {path.name} and pass the directory it "
+                                     f"holds\n{describe_movielens_layouts()}", path=path)
     return path.parent if path.is_file() else path
 
 
-def _find_layout(directory: pathlib.Path) -> _Layout:
-    for layout in _LAYOUTS:
+def _find_layout(directory: pathlib.Path) -> MovieLensLayout:
+    for layout in MOVIELENS_LAYOUTS:
         if (directory / layout.ratings).is_file():
             return layout
     found = sorted(p.name for p in directory.iterdir())
     listing = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") if found else "nothing"
-    expected = "; ".join(layout.description for layout in _LAYOUTS)
-    raise DataError(f"not a MovieLens directory: expected one of ({expected}); found: {listing}", path=directory)
+    hints = []
+    for layout in MOVIELENS_LAYOUTS:  # a partial download or extraction: name what is missing
+        present = [name for name in (layout.movies, *layout.optional) if name in found]
+        if present:
+            sets = layout.datasets[0] + (", ..." if len(layout.datasets) > 1 else "")
+            hints.append(f"{' and '.join(present)} but no {layout.ratings} (the ratings of {sets})")
+    nested = sorted(p.name for p in directory.iterdir() if p.is_dir()
+                    and any((p / layout.ratings).is_file() for layout in MOVIELENS_LAYOUTS))
+    if nested:  # e.g. the folder the archive was unzipped into
+        hints.append(f"MovieLens data is one level down: pass {directory / nested[0]}")
+    hint = "".join(f"; {h}" for h in hints)
+    raise MovieLensNotFoundError(f"not a MovieLens directory: found {listing}{hint}\n{describe_movielens_layouts()}",
+                                 path=directory)
 
 
-def _dataset_name(layout: _Layout, directory: pathlib.Path) -> str:
+def _dataset_name(layout: MovieLensLayout, directory: pathlib.Path) -> str:
     dirname = directory.resolve().name.lower()
     if layout.kind == "100k":
         return "ml-100k"
@@ -118,7 +182,7 @@ def _dataset_name(layout: _Layout, directory: pathlib.Path) -> str:
 # --- ratings -------------------------------------------------------------------------------
 
 
-def _read_ratings(layout: _Layout, path: pathlib.Path, scale: _Scale, name: str):
+def _read_ratings(layout: MovieLensLayout, path: pathlib.Path, scale: _Scale, name: str):
     """The log, with ids still integers (cheaper to check for duplicates), and its locator."""
     if layout.kind == "100k":
         columns = ("user id", "item id", "rating", "timestamp")
@@ -156,7 +220,7 @@ def _unix_seconds(values: pd.Series, locator, column: str) -> np.ndarray:
 # --- movies --------------------------------------------------------------------------------
 
 
-def _read_movies(layout: _Layout, directory: pathlib.Path) -> pd.DataFrame | None:
+def _read_movies(layout: MovieLensLayout, directory: pathlib.Path) -> pd.DataFrame | None:
     path = directory / layout.movies
     if not path.is_file():
         warnings.warn(DataWarning(f"{directory}: no {layout.movies}, so no item table (titles, genres)"),

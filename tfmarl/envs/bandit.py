@@ -10,8 +10,9 @@ from tf_agents.bandits.specs import utils as bandit_spec_utils
 from tf_agents.specs import array_spec
 
 from tfmarl.envs.candidates import check_indices
+from tfmarl.envs.config import SessionConfig
 from tfmarl.envs.fit import UserModel
-from tfmarl.envs.session import SessionConfig, SessionEnvironment
+from tfmarl.envs.session import SessionEnvironment
 
 ARM_FEATURES = ("item", "crossed")
 

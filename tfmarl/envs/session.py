@@ -36,15 +36,14 @@ the categories: the return (clicks per session by default) rewards the long view
 
 Policies observe only the visible history and the step counter. `SessionEnvironment` exposes
 oracle helpers (true click probabilities, expected satisfaction) for evaluation code such as
-regret computations and upper-bound policies; they are not part of the observation.
+regret computations and upper-bound policies (`tfmarl.envs.oracles`); they are not part of the
+observation. `random_slates` draws valid actions; rollouts and their metrics are in
+`tfmarl.envs.metrics`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import numbers
-from typing import Callable
 
 import numpy as np
 from tf_agents.environments import py_environment
@@ -52,103 +51,10 @@ from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
 from tfmarl.data.vocab import NUM_RESERVED
+from tfmarl.envs.config import SIGNALS, SessionConfig
 from tfmarl.envs.fit import UserModel
 
-SIGNALS = ("click", "satisfaction", "conversion")
 _FIRST, _MID, _LAST = (np.int32(ts.StepType.FIRST), np.int32(ts.StepType.MID), np.int32(ts.StepType.LAST))
-
-
-@dataclasses.dataclass
-class SessionConfig:
-    """Parameters of the session dynamics (see the module docstring for the equations).
-
-    The defaults were tuned on ML-100k: sessions last ~9 steps under random slates, ~14 under
-    a myopic click-maximising oracle (`myopic_oracle_policy`) and ~24 under
-    `quality_variety_oracle_policy`, whose return is ~75% higher; almost none reach
-    ``max_steps``. They hold on `generate_synthetic`'s default world (1000 users x 500 items:
-    ~8, ~10 and ~14 steps, +25% return). ``no_click_utility`` sets the click-through level and
-    is the first thing to adjust for other data: fitted affinities and popularity spreads are
-    smaller on small catalogs or logs (a 120-item, 20-interactions-per-user world has the myopic
-    oracle at ~50% CTR and the long-term advantage gone) and larger on heavy-tailed ones.
-
-    Attributes:
-      slate_size: items per recommendation.
-      history_length: length of the visible history in observations.
-      max_steps: hard cap on recommendations per session.
-      initial_budget: the user's time budget at the start of a session.
-      step_cost: budget every recommendation costs.
-      no_click_cost: extra budget a slate without a click costs (disappointment).
-      satisfaction_gain: budget regained per unit of satisfaction of a clicked item.
-      affinity_scale: alpha, weight of the user-item affinity in the click utility.
-      popularity_weight: weight of the item's popularity propensity in the click utility.
-      no_click_utility: utility of not clicking.
-      boredom_increment: boredom added to the category of a consumed item.
-      boredom_decay: factor applied to all boredom every step.
-      boredom_satisfaction: weight of the category's boredom in satisfaction.
-      interest_step: eta, how far a consumed item pulls the user's interests toward itself.
-      satisfaction_affinity: weight of the affinity in satisfaction.
-      satisfaction_noise: standard deviation of the noise of satisfaction.
-      conversion_bias, conversion_scale: P(conversion | click) = sigmoid(scale * satisfaction + bias).
-      reward_weights: reward = sum of weight * signal over "click", "satisfaction", "conversion".
-    """
-
-    slate_size: int = 10
-    history_length: int = 20
-    max_steps: int = 50
-    initial_budget: float = 10.0
-    step_cost: float = 1.0
-    no_click_cost: float = 0.5
-    satisfaction_gain: float = 0.25
-    affinity_scale: float = 2.5
-    popularity_weight: float = 0.5
-    no_click_utility: float = 5.5
-    boredom_increment: float = 1.0
-    boredom_decay: float = 0.8
-    boredom_satisfaction: float = 0.5
-    interest_step: float = 0.2
-    satisfaction_affinity: float = 0.1
-    satisfaction_noise: float = 1.0
-    conversion_bias: float = -2.0
-    conversion_scale: float = 1.0
-    reward_weights: dict = dataclasses.field(default_factory=lambda: {"click": 1.0})
-
-    def __post_init__(self):
-        for name in ("slate_size", "history_length", "max_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"SessionConfig.{name} must be an integer >= 1, got {value!r}")
-            setattr(self, name, int(value))
-        nonnegative = ("initial_budget", "step_cost", "no_click_cost", "satisfaction_gain", "boredom_increment",
-                       "boredom_satisfaction", "satisfaction_noise")
-        for field in dataclasses.fields(self):
-            if field.type not in ("float", float):
-                continue
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"SessionConfig.{field.name} must be a finite number, got {value!r}")
-            if field.name in nonnegative and value < 0:
-                raise ValueError(f"SessionConfig.{field.name} must be >= 0, got {value!r}")
-            setattr(self, field.name, float(value))
-        if self.initial_budget <= 0:
-            raise ValueError(f"SessionConfig.initial_budget must be > 0, got {self.initial_budget!r}")
-        for name in ("boredom_decay", "interest_step"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"SessionConfig.{name} must be in [0, 1], got {value!r}")
-        if not isinstance(self.reward_weights, dict):
-            raise ValueError(f"SessionConfig.reward_weights must be a dict over {SIGNALS}, "
-                             f"got {type(self.reward_weights).__name__}")
-        weights = {}
-        for key, value in self.reward_weights.items():
-            if key not in SIGNALS:
-                raise ValueError(f"SessionConfig.reward_weights has unknown signal {key!r}; known: {SIGNALS}")
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"SessionConfig.reward_weights[{key!r}] must be a finite number, got {value!r}")
-            weights[key] = float(value)
-        self.reward_weights = weights
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def random_slates(rng: np.random.Generator, batch: int, slate_size: int, num_items: int) -> np.ndarray:
@@ -556,116 +462,3 @@ class SessionEnvironment(py_environment.PyEnvironment):
             position = np.minimum(position, h - 1)
         self._history[rows, position] = items
         self._history_len[rows] = np.minimum(position + 1, h)
-
-
-def run_episodes(env: SessionEnvironment, policy_fn: Callable[[dict], np.ndarray], num_episodes: int, *,
-                 seed: int | None = None) -> dict:
-    """Runs ``policy_fn`` in ``env`` until ``num_episodes`` sessions have been recorded.
-
-    ``policy_fn(observation) -> int [B, slate_size]`` gets the batched observation dict. Batch
-    element b records its first ``num_episodes // B`` (+1 for the first ``num_episodes % B``
-    elements) sessions, so the sample is not biased toward short sessions. ``seed`` re-seeds
-    the environment first (`SessionEnvironment.seed`); the environment is reset either way.
-
-    Returns a dict of per-episode float64 arrays ``return`` (sum of the weighted reward signals,
-    whatever the env's reward mode), ``clicks``, ``ctr`` (clicks / steps), ``length`` (steps),
-    ``satisfaction`` (summed over clicks), ``conversions``; and over all recorded steps
-    ``recommended_items`` (sorted unique item indices shown), ``coverage`` (their fraction of the
-    real items) and ``diversity`` (mean intra-list diversity: 1 - mean pairwise cosine
-    similarity of the item vectors within a slate).
-    """
-    if isinstance(num_episodes, bool) or not isinstance(num_episodes, numbers.Integral) or num_episodes < 1:
-        raise ValueError(f"num_episodes must be an integer >= 1, got {num_episodes!r}")
-    if seed is not None:
-        env.seed(seed)
-    b, n = env.batch_size, env.num_items
-    weights = np.array([env.config.reward_weights.get(s, 0.0) for s in SIGNALS])
-    quota = num_episodes // b + (np.arange(b) < num_episodes % b)
-    recorded = np.zeros(b, dtype=np.int64)
-    totals = np.zeros((5, b))  # return, clicks, steps, satisfaction, conversions
-    episodes = []
-    shown = np.zeros(n, dtype=bool)
-    vectors = env.user_model.item_vectors.astype(np.float64)
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    diversity_sum, slates = 0.0, 0
-    time_step = env.reset()
-    while (recorded < quota).any():
-        slate = policy_fn(time_step.observation)
-        starting = time_step.is_last()
-        time_step = env.step(slate)
-        info = env.last_info
-        counting = ~starting & (recorded < quota)
-        if counting.any():
-            signals = np.stack([info["click"], info["satisfaction"], info["conversion"]]).astype(np.float64)
-            step_values = np.stack([weights @ signals, signals[0], np.ones(b), signals[1], signals[2]])
-            totals[:, counting] += step_values[:, counting]
-            chosen = np.asarray(slate, dtype=np.int64)[counting]
-            shown[chosen.ravel()] = True
-            k = chosen.shape[1]
-            if k > 1:
-                u = unit[chosen]
-                gram = np.matmul(u, u.transpose(0, 2, 1))
-                mean_similarity = (gram.sum(axis=(1, 2)) - np.trace(gram, axis1=1, axis2=2)) / (k * (k - 1))
-                diversity_sum += float(np.sum(1.0 - mean_similarity))
-            slates += len(chosen)
-            ended = counting & time_step.is_last()
-            if ended.any():
-                episodes.append(totals[:, ended].copy())
-                totals[:, ended] = 0.0
-                recorded[ended] += 1
-    values = np.concatenate(episodes, axis=1)
-    items = np.flatnonzero(shown)
-    return {
-        "return": values[0], "clicks": values[1], "ctr": values[1] / np.maximum(values[2], 1),
-        "length": values[2], "satisfaction": values[3], "conversions": values[4],
-        "recommended_items": items, "coverage": len(items) / max(n - NUM_RESERVED, 1),
-        "diversity": diversity_sum / max(slates, 1),
-    }
-
-
-# --- oracle baselines (evaluation only: they read hidden state through the oracle helpers) ----
-
-
-def myopic_oracle_policy(env: SessionEnvironment) -> Callable[[dict], np.ndarray]:
-    """ORACLE baseline: each slate is the ``slate_size`` items with the highest true click
-    probability right now (it maximises the immediate click probability and ignores what a
-    click does to the session)."""
-    k = env.config.slate_size
-
-    def policy(observation):
-        p = env.oracle_click_probabilities()[:, NUM_RESERVED:]
-        return (np.argpartition(-p, k - 1, axis=1)[:, :k] + NUM_RESERVED).astype(np.int32)
-
-    return policy
-
-
-def quality_variety_oracle_policy(env: SessionEnvironment, *, click_weight: float = 1.0,
-                                  per_category: int = 2) -> Callable[[dict], np.ndarray]:
-    """ORACLE baseline that looks past the next click: items are scored by
-    ``expected satisfaction + click_weight * log P(click if shown alone)`` and the slate takes the
-    best ones with at most ``per_category`` per category (filled with the best remaining items
-    when there are too few categories). Expected satisfaction already charges for boredom, so
-    the policy serves satisfying items and rotates categories."""
-    k, model = env.config.slate_size, env.user_model
-    categories = model.item_category[NUM_RESERVED:]
-    c = model.num_categories
-
-    def policy(observation):
-        with np.errstate(divide="ignore"):
-            score = (env.oracle_expected_satisfaction()[:, NUM_RESERVED:]
-                     + click_weight * np.log(env.oracle_click_probabilities()[:, NUM_RESERVED:]))
-        return (_capped_top(score, categories, c, k, per_category) + NUM_RESERVED).astype(np.int32)
-
-    return policy
-
-
-def _capped_top(score: np.ndarray, categories: np.ndarray, num_categories: int, k: int, cap: int) -> np.ndarray:
-    """Per row, the k best columns by score with at most ``cap`` per category (then the best rest)."""
-    n = score.shape[1]
-    t = min(n, max(4 * k * cap, k * num_categories))
-    top = np.argpartition(-score, t - 1, axis=1)[:, :t] if t < n else np.broadcast_to(np.arange(n), score.shape)
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable"), axis=1)
-    onehot = categories[top][:, :, None] == np.arange(num_categories)
-    rank = (np.cumsum(onehot, axis=1, dtype=np.int32) * onehot).sum(axis=2)  # 1-based within category
-    position = np.argsort(rank > cap, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(top, position, axis=1)

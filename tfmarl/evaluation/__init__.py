@@ -1,8 +1,16 @@
-"""Evaluation: full-catalog ranking metrics, and off-policy estimates from logged bandit feedback."""
+"""Evaluation: full-catalog ranking metrics, off-policy estimates from logged feedback (single
+actions and slates), and validation of fitted simulators against held-out logs."""
 
-from tfmarl.evaluation.ope import (BanditLog, BanditLogWriter, Estimate, direct_method, doubly_robust,
-                                   evaluate_policy_offline, fit_reward_model, ips, read_logs, snips)
-from tfmarl.evaluation.ranking import evaluate_ranking
+from tfmarl.evaluation.ope import (BanditLog, BanditLogWriter, Estimate, SimulatorValidation, SlateLog, SlateTarget,
+                                   cascade_dr, direct_method, doubly_robust, dros, evaluate_policy_offline,
+                                   fit_reward_model, iips, ips, pseudo_inverse, read_logs, rips, sips, sndr, snips,
+                                   switch_dr, target_probabilities, validate_simulator)
+from tfmarl._lazy import lazy_getattr
 
-__all__ = ["BanditLog", "BanditLogWriter", "Estimate", "direct_method", "doubly_robust", "evaluate_policy_offline",
-           "evaluate_ranking", "fit_reward_model", "ips", "read_logs", "snips"]
+# Ranking metrics need TensorFlow; off-policy evaluation does not, so it loads on first use.
+__getattr__ = lazy_getattr(globals(), {"evaluate_ranking": "tfmarl.evaluation.ranking"})
+
+__all__ = ["BanditLog", "BanditLogWriter", "Estimate", "SimulatorValidation", "SlateLog", "SlateTarget", "cascade_dr",
+           "direct_method", "doubly_robust", "dros", "evaluate_policy_offline", "evaluate_ranking", "fit_reward_model",
+           "iips", "ips", "pseudo_inverse", "read_logs", "rips", "sips", "sndr", "snips", "switch_dr",
+           "target_probabilities", "validate_simulator"]

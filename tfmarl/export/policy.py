@@ -6,7 +6,7 @@
   (``import tensorflow_probability as tfp; tfp.distributions.Deterministic``: TFP 0.22 imports
   lazily and registers the distributions' type specs only when they load).
 - `export_candidate_recommender`: the tfmarl serving contract (``history`` strings in,
-  ``item_ids``/``scores`` out; see `tfmarl.export.savedmodel`) for retrieval -> learned scorer ->
+  ``item_ids``/``scores`` out; see `tfmarl.contract`) for retrieval -> learned scorer ->
   slate, so clients send no reward, discount or step type.
 """
 
@@ -19,7 +19,8 @@ import tensorflow as tf
 
 import tfmarl
 from tfmarl.agents.blocks import NEG_INF, history_window
-from tfmarl.export.savedmodel import SIGNATURE_KEY, RecommenderServing, history_indices, save_servable, write_version
+from tfmarl.contract import INPUT_NAME, OUTPUT_ITEM_IDS, OUTPUT_SCORES, OUTPUT_VALUES, SIGNATURE_KEY
+from tfmarl.export.savedmodel import RecommenderServing, history_indices, save_servable, write_version
 
 
 def save_policy(policy, export_dir, *, batch_size: int | None = None) -> pathlib.Path:
@@ -71,25 +72,26 @@ def bandit_scorer(policy, model, *, arm_features: str = "item", history_length: 
     return score
 
 
-def multiagent_scorer(roles, model, facets, *, history_length: int = 20):
-    """Scores candidates with the multi-agent policy (`tfmarl.rl.multiagent.MultiAgentRoles`):
+def multiagent_scorer(learner, *, history_length: int = 20):
+    """Scores candidates with the multi-agent policy (a trained `tfmarl.rl.multiagent.MultiAgentLearner`):
     the User agent's facet allocation, the Content agents' proposals and the System agent's
     composition, greedily (largest-remainder allocation), at session start (step 0), from the
-    last ``history_length`` items as in training. Returns (composition key, critic value) so the
-    export's top K is the composed slate."""
-    from tfmarl.rl.multiagent.roles import compose_slate
+    last ``history_length`` items as in training. Returns (composition key, critic value): the
+    export ranks and reports ``scores`` by the key (the composed slate's order) and reports the
+    critic's values as ``values``."""
+    from tfmarl.rl.multiagent.composition import compose_slate
 
-    facet_table = tf.constant(facets.item_facet)
+    facet_table = tf.constant(learner.facets.item_facet)
 
     def score(history, candidates, item_vectors):
+        del item_vectors  # the agents encode items with their own Content agent
         history = history_window(history, history_length, history_length)
         observation = {"history": history, "step": tf.zeros_like(history[:, 0]), "candidates": candidates,
-                       "candidate_facets": tf.gather(facet_table, candidates),
-                       "user_state": observed_user_state(model, history, history_length, item_vectors)}
-        q_user, content_q, critic_q = roles.values(observation)
-        _, key = compose_slate(roles.facet_probabilities(q_user), content_q, critic_q,
-                               observation["candidate_facets"], roles.slate_size, sample=False)
-        return key, critic_q if critic_q is not None else content_q
+                       "candidate_facets": tf.gather(facet_table, candidates)}
+        q_interest, proposal_q, critic_q = learner.values(observation)
+        _, key = compose_slate(learner.facet_probabilities(q_interest), proposal_q, critic_q,
+                               observation["candidate_facets"], learner.slate_size, sample=False)
+        return key, critic_q if critic_q is not None else proposal_q
 
     return score
 
@@ -106,21 +108,24 @@ class CandidateRecommenderServing(RecommenderServing):
         self.num_candidates = int(num_candidates)
         self.scorer_variables = list(variables)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name=INPUT_NAME)])
     def serve(self, history):
         window, candidates, values, vectors = self.retrieve(history_indices(self.table, history), self.num_candidates)
         # Users who consumed most of the catalog get masked candidates (padding, OOV, history):
         # they must never outrank a real one, whatever the scorer says.
         valid = values > NEG_INF / 2
         scores = self._fn.score(window, candidates, vectors)
-        # A scorer may return (ranking key, reported score): e.g. a composed slate ranks by its
-        # composition but reports its critic's values.
-        key, reported = scores if isinstance(scores, tuple) else (scores, scores)
+        # A scorer may return (ranking key, raw values): e.g. a composed slate ranks by its
+        # composition, and its critic's values need not follow that order. ``scores`` is always
+        # the ranking key (non-increasing along the slate); the raw values go out as ``values``.
+        key, raw = scores if isinstance(scores, tuple) else (scores, None)
         key = tf.where(valid, tf.cast(key, tf.float32), 2 * NEG_INF)
         top = tf.math.top_k(key, k=self.k)
         chosen = tf.gather(candidates, top.indices, batch_dims=1)
-        return {"item_ids": tf.gather(self.item_strings, chosen),
-                "scores": tf.gather(tf.cast(reported, tf.float32), top.indices, batch_dims=1)}
+        out = {OUTPUT_ITEM_IDS: tf.gather(self.item_strings, chosen), OUTPUT_SCORES: top.values}
+        if raw is not None:
+            out[OUTPUT_VALUES] = tf.gather(tf.cast(raw, tf.float32), top.indices, batch_dims=1)
+        return out
 
 
 def export_candidate_recommender(model, score, export_dir, *, variables=(), k: int = 10, num_candidates: int = 50,
@@ -131,7 +136,8 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
 
     Args:
       score: ``(history int32 [B, L], candidates int32 [B, N], item_vectors float32 [num_items, D])
-        -> scores [B, N]`` (or ``(ranking key, reported scores)``), e.g. `q_network_scorer`,
+        -> scores [B, N]`` (or ``(ranking key, raw values)``: the key orders the slate and is
+        exported as ``scores``, the raw values as an extra output ``values``), e.g. `q_network_scorer`,
         `bandit_scorer` or `multiagent_scorer`; ``item_vectors`` is the frozen catalog.
       variables: the scorer's variables (so the SavedModel holds them).
       retrieval: how the ``num_candidates`` are retrieved, as in `export_recommender`.

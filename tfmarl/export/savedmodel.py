@@ -24,16 +24,16 @@ import tensorflow_recommenders as tfrs
 import tfmarl
 from tfmarl.agents.blocks import NEG_INF, history_window
 from tfmarl.agents.system import mask_excluded
+from tfmarl.contract import EXTRA_DIR, INPUT_NAME, OUTPUT_ITEM_IDS, OUTPUT_SCORES, PAD_ID, SIGNATURE_KEY
 from tfmarl.data.vocab import NUM_RESERVED, OOV_INDEX, PAD_INDEX, Vocabulary
 
-SIGNATURE_KEY = "serving_default"
 METADATA_FILE = "tfmarl.json"
 
 
 def history_indices(table, history):
     """String ids [B, M] -> int indices [B, M] ("" -> 0, unknown -> OOV)."""
     indices = table.lookup(history)
-    return tf.where(tf.equal(history, ""), tf.constant(PAD_INDEX, indices.dtype), indices)
+    return tf.where(tf.equal(history, PAD_ID), tf.constant(PAD_INDEX, indices.dtype), indices)
 
 
 def lookup_table(vocabulary: Vocabulary) -> tf.lookup.StaticHashTable:
@@ -116,10 +116,10 @@ class RecommenderServing(tf.Module):
         top = tf.math.top_k(tf.where(excluded, NEG_INF, values), k=k)
         return window, tf.gather(items, top.indices, batch_dims=1), top.values, vectors
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name=INPUT_NAME)])
     def serve(self, history):
         _, items, values, _ = self.retrieve(history_indices(self.table, history), self.k)
-        return {"item_ids": tf.gather(self.item_strings, items), "scores": values}
+        return {OUTPUT_ITEM_IDS: tf.gather(self.item_strings, items), OUTPUT_SCORES: values}
 
 
 def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = None, *, k: int | None = None,
@@ -158,7 +158,7 @@ def save_servable(module, path: pathlib.Path, info: dict, warmup=None) -> None:
     ``warmup=(vocabulary, model_name, max_length)``, TF Serving warm-up requests built from the
     vocabulary."""
     tf.saved_model.save(module, str(path), signatures={SIGNATURE_KEY: module.serve})
-    extra = path / "assets.extra"
+    extra = path / EXTRA_DIR
     extra.mkdir(exist_ok=True)
     (extra / METADATA_FILE).write_text(json.dumps(info, indent=2))
     if warmup is not None:

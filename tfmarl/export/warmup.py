@@ -17,10 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from tfmarl.atomic import atomic_path
-
-WARMUP_FILE = "tf_serving_warmup_requests"
-EXTRA_DIR = "assets.extra"
-MAX_WARMUP_RECORDS = 1000  # TF Serving reads no more than this many
+from tfmarl.contract import EXTRA_DIR, INPUT_NAME, MAX_WARMUP_RECORDS, PAD_ID, SIGNATURE_KEY, WARMUP_FILE
 
 
 def warmup_path(version_dir) -> pathlib.Path:
@@ -60,7 +57,7 @@ def _history_tensor_proto(rows: list[list[str]]):
     import tensorflow as tf
 
     width = max(1, max(len(r) for r in rows))
-    array = np.full((len(rows), width), b"", dtype=object)
+    array = np.full((len(rows), width), PAD_ID.encode(), dtype=object)
     for i, row in enumerate(rows):
         for j, item in enumerate(row):
             array[i, j] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
@@ -80,7 +77,7 @@ def _as_batch(history) -> list[list[str]]:
 
 
 def write_warmup_requests(version_dir, histories: Iterable, *, model_name: str = "default",
-                          signature: str = "serving_default") -> pathlib.Path:
+                          signature: str = SIGNATURE_KEY) -> pathlib.Path:
     """Writes ``<version_dir>/assets.extra/tf_serving_warmup_requests`` atomically; returns its path.
 
     Each element of ``histories`` becomes one `PredictRequest` (wrapped in a `PredictionLog`):
@@ -97,7 +94,7 @@ def write_warmup_requests(version_dir, histories: Iterable, *, model_name: str =
             raise ValueError("a warm-up batch needs at least one history")
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-        request.inputs["history"].CopyFrom(_history_tensor_proto(rows))
+        request.inputs[INPUT_NAME].CopyFrom(_history_tensor_proto(rows))
         requests.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)))
     if not requests:

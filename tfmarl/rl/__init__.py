@@ -1,11 +1,13 @@
-"""Reinforcement learning: TF-Agents bandits and DQN built from the tfmarl agents, slate policies,
-training loops.
+"""Reinforcement learning with the tfmarl agents: one algorithm interface (`make_algorithm`: DQN, the
+per-arm bandits, multi-agent), slate policies, training loops, and the TF-Agents pieces they use.
 
-Agents stay TF-Agents-free; this package adapts them (`networks`) into TF-Agents agents.
+The agents (`tfmarl.agents`) stay TF-Agents-free; this package adapts them (`networks`,
+`multiagent.MultiAgentNetwork`) into TF-Agents networks and learners.
 """
 
-from tfmarl.rl.bandits import BANDITS, explore, make_bandit_agent, predicted_rewards
-from tfmarl.rl.dqn import consumed_positions, make_dqn_agent
+from tfmarl.rl.algorithms import ALGORITHMS, Algorithm, make_algorithm, register
+from tfmarl.rl.bandits import BANDITS, explore, build_bandit, predicted_rewards
+from tfmarl.rl.dqn import consumed_positions, build_dqn
 from tfmarl.rl.learner import (DistributedLearner, LearnerResult, collect_transitions, train_agent_distributed,
                                train_step_variable, transitions_dataset)
 from tfmarl.rl.loops import TrainResult, linear_schedule, train_bandit, train_dqn
@@ -15,11 +17,11 @@ from tfmarl.rl.policies import (BanditSlatePolicy, GreedySlatePolicy, PopularSla
 from tfmarl.rl.retrieval import CandidateRetriever
 
 __all__ = [
-    "BANDITS", "BanditSlatePolicy", "CandidateQNetwork", "CandidateRetriever", "DistributedLearner",
+    "ALGORITHMS", "Algorithm", "make_algorithm", "register", "BANDITS", "BanditSlatePolicy", "CandidateQNetwork", "CandidateRetriever", "DistributedLearner",
     "GreedySlatePolicy", "LearnerResult", "collect_transitions", "train_agent_distributed", "train_step_variable",
     "transitions_dataset",
     "PerArmRewardNetwork", "PerArmTowerNetwork", "PopularSlatePolicy", "QSlatePolicy", "RandomSlatePolicy",
     "SlatePolicy", "SlatePyPolicy", "TrainResult", "consumed_positions", "explore", "linear_schedule",
-    "make_bandit_agent", "make_dqn_agent", "predicted_rewards", "pretrain_towers", "top_positions", "train_bandit",
+    "build_bandit", "build_dqn", "predicted_rewards", "pretrain_towers", "top_positions", "train_bandit",
     "train_dqn",
 ]

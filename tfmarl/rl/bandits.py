@@ -1,6 +1,6 @@
 """Contextual bandits with per-arm features: TF-Agents agents built on the tfmarl agents' features.
 
-`make_bandit_agent` builds LinUCB, LinTS, NeuralLinUCB or NeuralEpsilonGreedy for a per-arm
+`build_bandit` builds LinUCB, LinTS, NeuralLinUCB or NeuralEpsilonGreedy for a per-arm
 environment (e.g. `tfmarl.envs.PerArmBanditEnvironment`). The neural agents use
 `PerArmTowerNetwork`: two towers whose elementwise product is the arm encoding, initialised as
 the identity over pretrained user/item vectors (or pretrained with `pretrain_towers`).
@@ -21,6 +21,7 @@ from tf_agents.policies import epsilon_greedy_policy, greedy_policy
 from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import policy_step
 
+from tfmarl.rl import tf_agents_compat as compat
 from tfmarl.rl.networks import PerArmRewardNetwork, PerArmTowerNetwork
 
 BANDITS = ("linucb", "lints", "neural_linucb", "neural_epsilon_greedy")
@@ -37,7 +38,7 @@ def _tensor_specs(env):
     return time_step_spec, action_spec
 
 
-def make_bandit_agent(name: str, env, *, alpha: float = 1.0, tikhonov_weight: float = 1.0,
+def build_bandit(name: str, env, *, alpha: float = 1.0, tikhonov_weight: float = 1.0,
                       encoder: PerArmTowerNetwork | None = None, encoding_network_num_train_steps: int = -1,
                       epsilon: float = 0.05, learning_rate: float = 1e-3, arm_slice: int | None = None):
     """A per-arm TF-Agents bandit agent for ``env``'s specs.
@@ -98,14 +99,13 @@ class _OwnMixture:
 
 
 def _emits_mean(policy) -> bool:
-    return PREDICTED_REWARDS_MEAN in tuple(getattr(policy, "_emit_policy_info", ()))
+    return PREDICTED_REWARDS_MEAN in compat.emitted_info(policy)
 
 
 def _reward_layer_phase(policy) -> bool:
     """Whether a NeuralLinUCB policy currently acts from its reward layer (its ε-greedy phase)."""
-    if tf.distribute.has_strategy():
-        return bool(policy._distributed_use_reward_layer)
-    return bool(np.asarray(tf.convert_to_tensor(policy._actions_from_reward_layer)))
+    active = compat.reward_layer_active(policy, distributed=tf.distribute.has_strategy())
+    return bool(np.asarray(tf.convert_to_tensor(active)))
 
 
 def _own_mixture(policy) -> _OwnMixture | None:
@@ -114,7 +114,7 @@ def _own_mixture(policy) -> _OwnMixture | None:
     available exactly."""
     name = type(policy).__name__
     if isinstance(policy, linear_bandit_policy.LinearBanditPolicy):
-        if policy._exploration_strategy == linear_bandit_policy.ExplorationStrategy.optimistic:
+        if compat.exploration_strategy(policy) == linear_bandit_policy.ExplorationStrategy.optimistic:
             return None  # LinUCB: argmax of the upper confidence bounds
         raise ValueError(
             f"off-policy logs need exact propensities, and {name} (Thompson sampling, 'lints') has none: "
@@ -125,19 +125,19 @@ def _own_mixture(policy) -> _OwnMixture | None:
     if isinstance(policy, neural_linucb_policy.NeuralLinUCBPolicy):
         if policy.observation_and_action_constraint_splitter is not None:
             raise ValueError(f"exact propensities of {name} with an observation action mask are not supported")
-        if not policy._epsilon_greedy:
+        if not compat.epsilon_greedy(policy):
             return None  # UCB on the encodings, or the reward layer's argmax: deterministic
         if not _emits_mean(policy):
             raise ValueError(f"exact propensities of {name} with epsilon_greedy > 0 need the greedy arm, read "
                              "from predicted_rewards_mean: build the agent with emit_policy_info including it")
-        eps = float(policy._epsilon_greedy)
+        eps = float(compat.epsilon_greedy(policy))
         return _OwnMixture(lambda: eps if _reward_layer_phase(policy) else 0.0)
     if isinstance(policy, epsilon_greedy_policy.EpsilonGreedyPolicy):
         inner = policy.wrapped_policy
         if not isinstance(inner, greedy_reward_prediction_policy.GreedyRewardPredictionPolicy):
             raise ValueError(f"exact propensities of {name} need a GreedyRewardPredictionPolicy inside, "
                              f"not {type(inner).__name__}")
-        if inner._constraints:
+        if compat.constraints(inner):
             raise ValueError(f"exact propensities of {name} are not available with constraints: TF-Agents "
                              "samples the feasibility mask of the greedy arm")
         if policy.observation_and_action_constraint_splitter is not None:
@@ -146,15 +146,15 @@ def _own_mixture(policy) -> _OwnMixture | None:
             raise ValueError(
                 f"exact propensities of {name} need the greedy arm, read from predicted_rewards_mean: build "
                 "the agent with emit_policy_info including it and info_fields_to_inherit_from_greedy=["
-                "'predicted_rewards_mean'] (make_bandit_agent does)")
+                "'predicted_rewards_mean'] (build_bandit does)")
         # Its RandomTFPolicy draws over the num_actions arms with per-arm features (ignoring the
         # exploration mask), else over the exploration mask, else over all arms.
-        per_arm = bool(policy._random_policy._accepts_per_arm_features)
-        mask = policy._exploration_mask
-        return _OwnMixture(lambda: float(np.asarray(policy._get_epsilon())), honours_num_actions=per_arm,
+        per_arm = compat.accepts_per_arm_features(compat.random_policy(policy))
+        mask = compat.exploration_mask(policy)
+        return _OwnMixture(lambda: float(np.asarray(compat.epsilon_fn(policy)())), honours_num_actions=per_arm,
                            random_mask=None if per_arm or mask is None else np.asarray(mask, bool))
     if isinstance(policy, greedy_reward_prediction_policy.GreedyRewardPredictionPolicy):
-        if policy._constraints:
+        if compat.constraints(policy):
             raise ValueError(f"exact propensities of {name} are not available with constraints: TF-Agents "
                              "samples the feasibility mask")
         return None

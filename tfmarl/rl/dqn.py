@@ -19,7 +19,7 @@ from tf_agents.utils import common
 from tfmarl.rl.networks import CandidateQNetwork
 
 
-def make_dqn_agent(env, model=None, *, user_agent_config: dict | None = None,
+def build_dqn(env, model=None, *, user_agent_config: dict | None = None,
                    content_agent_config: dict | None = None, double: bool = True, gamma: float = 0.9,
                    learning_rate: float = 1e-3, target_update_period: int = 100, target_update_tau: float = 1.0,
                    hidden_units=(64,), gradient_clipping: float | None = 10.0, warm_start: bool = True,

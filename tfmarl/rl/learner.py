@@ -21,7 +21,7 @@ inside ``strategy.scope()``, with a train step counter that replicas may increme
 
     strategy = get_strategy("multi_worker")
     with strategy.scope():
-        agent, q_network = make_dqn_agent(env, model, train_step_counter=train_step_variable())
+        agent, q_network = build_dqn(env, model, train_step_counter=train_step_variable())
     experience = collect_transitions(env, 200, seed=0)
     learner = DistributedLearner(agent, lambda ctx: transitions_dataset(experience, 64, ctx), strategy)
     result = learner.run(1000)

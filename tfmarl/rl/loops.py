@@ -51,12 +51,11 @@ def _writer(log_dir):
 
 
 def progress_range(start: int, stop: int, enabled: bool, description: str):
-    """``range(start, stop)``, with a tqdm progress bar when ``enabled``."""
-    if not enabled:
-        return range(start, stop)
-    from tqdm.auto import tqdm
+    """``range(start, stop)``, with progress on standard output when ``enabled`` (a bar on a
+    terminal, periodic lines elsewhere: `tfmarl.progress.progress`)."""
+    from tfmarl.progress import progress
 
-    return tqdm(range(start, stop), initial=start, total=stop, desc=description, unit="step", dynamic_ncols=True)
+    return progress(range(start, stop), initial=start, total=stop, description=description, enabled=enabled)
 
 
 def train_bandit(agent, env, num_rounds: int, *, exploration_epsilon: float = 0.0, seed: int = 0, log_dir=None,

@@ -1,8 +1,24 @@
-"""Value networks of the multi-agent roles (TF-Agents `Network`s over frozen pretrained features).
+"""`MultiAgentNetwork`: the User, Content and System agents with their RL heads, in one network.
 
-Every role reads the pretrained User agent's state (``observation["user_state"]``) and the
-pretrained Content agent's item vectors (a constant table), through trainable adapters that
-start as the identity, so roles train fast and start from the pretrained geometry.
+The encoders are the agents' own Keras layers, warm-started from pretraining:
+
+    state      s = UserAgent(ContentAgent(history))       [B, D]  (the visible history, item ids)
+    candidates v = ContentAgent(candidates)               [B, N, D]
+
+and each agent's RL head reads that one encoding:
+
+- **User agent — interest head**: Q_U(s, f) for every interest facet f [B, F], from the facet
+  centroids in item space. Its policy (softmax over Q_U / temperature) allocates the slate's slots.
+- **Content agents — proposal heads**, one per domain: Q_C^m(s, c) for every candidate [B, M, N]
+  (each domain's agent proposes the candidates of its facets).
+- **System agent — critic head**: Q(s, c) = a * SystemAgent.score(s, v_c) + g(s, v_c) [B, N], the
+  pretrained interaction (dot / MLP / DCN) plus a learned correction; the centralised critic every
+  head's TD target bootstraps from, and the value the slate is ordered by.
+
+Heads see [s ⊙ v, v, s, step / max_steps] through identity-initialised adapters plus a learned
+multiple of <s, v>, so they start from the pretrained geometry. It is a TF-Agents `Network`, built
+from the agents' configs (``copy()`` makes the target network with its own weights);
+`warm_start` copies the pretrained weights in.
 """
 
 from __future__ import annotations
@@ -11,66 +27,117 @@ import numpy as np
 import tensorflow as tf
 from tf_agents.networks import network
 
+from tfmarl.agents import ContentAgent, SystemAgent, UserAgent
+
 
 def _adapter(dim, name):
     return tf.keras.layers.Dense(dim, use_bias=False, kernel_initializer=tf.keras.initializers.Identity(), name=name)
 
 
-def _mlp(hidden_units, name):
-    layers = [tf.keras.layers.Dense(u, activation="relu", name=f"{name}_{i}") for i, u in enumerate(hidden_units)]
-    return layers + [tf.keras.layers.Dense(1, name=f"{name}_out")]
+class _ValueHead(tf.keras.layers.Layer):
+    """Q(s, x) for every row of ``x`` [B, X, D]: an MLP on [s ⊙ x, x, s, step] plus a learned
+    multiple of <s, x>."""
+
+    def __init__(self, dim: int, hidden_units=(64,), dot_scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.user_adapter = _adapter(dim, "user_adapter")
+        self.item_adapter = _adapter(dim, "item_adapter")
+        self.hidden = [tf.keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
+                       for i, u in enumerate(hidden_units)]
+        self.out = tf.keras.layers.Dense(1, name="out")
+        self.dot_scale = self.add_weight("dot_scale", shape=(), initializer=tf.keras.initializers.Constant(dot_scale))
+
+    def call(self, state, items, step, base=None):
+        s = self.user_adapter(state)[:, None, :]  # [B, 1, D]
+        v = self.item_adapter(items)  # [B, X, D]
+        s_x = tf.broadcast_to(s, tf.shape(v))
+        step = tf.broadcast_to(step[:, None, None], tf.concat([tf.shape(v)[:2], [1]], 0))
+        x = tf.concat([s_x * v, v, s_x, step], axis=-1)
+        for layer in self.hidden:
+            x = layer(x)
+        affinity = tf.reduce_sum(s_x * v, -1) if base is None else base
+        return tf.squeeze(self.out(x), -1) + self.dot_scale * affinity
 
 
-class CandidateValueNetwork(network.Network):
-    """Q(s, c) for every candidate c of an observation: [B, N].
+class MultiAgentNetwork(network.Network):
+    """Observation {"history": [B, L], "step": [B], "candidates": [B, N], ...} -> head values
+    {"interest": [B, F], "proposals": [B, M, N], "critic": [B, N] (if ``use_critic``)}.
 
-    Inputs: ``user_state`` [B, D], ``candidates`` [B, N] item indices, ``step`` [B]. Features per
-    candidate: [s ⊙ v, v, s, step / max_steps] into an MLP, plus a learned multiple of <s, v>.
+    Args:
+      observation_spec: the candidate environment's observation spec.
+      user_agent_config, content_agent_config, system_agent_config: ``get_config()`` of the
+        agents to build (a pretrained `SequentialRecommender`'s; see `warm_start`).
+      centroids: facet centroids [F, D] (`Facets.centroids`).
+      num_proposers: M, the Content agents' proposal heads (one per domain).
+      use_critic: build the System agent's critic head.
+      hidden_units: widths of every head's MLP.
+      max_steps: session cap, to scale the step feature.
     """
 
-    def __init__(self, observation_spec, item_vectors, hidden_units=(64,), max_steps: int = 50,
-                 name="CandidateValueNetwork"):
+    def __init__(self, observation_spec, user_agent_config: dict, content_agent_config: dict,
+                 system_agent_config: dict, centroids, num_proposers: int, *, use_critic: bool = True,
+                 hidden_units=(64,), max_steps: int = 50, name="MultiAgentNetwork"):
         super().__init__(observation_spec, state_spec=(), name=name)
-        items = np.asarray(item_vectors, np.float32)
-        self._items = tf.constant(items)
-        dim = items.shape[1]
-        self._user_adapter = _adapter(dim, "user_adapter")
-        self._item_adapter = _adapter(dim, "item_adapter")
-        self._mlp = _mlp(tuple(hidden_units), "q")
-        self._dot_scale = tf.Variable(1.0, name="dot_scale")
+        self.user_agent = UserAgent.from_config(dict(user_agent_config, name="user_agent"))
+        self.content_agent = ContentAgent.from_config(dict(content_agent_config, name="content_agent"))
+        self.system_agent = SystemAgent.from_config(dict(system_agent_config, name="system_agent")) if use_critic \
+            else None
+        self._centroids = tf.constant(np.asarray(centroids, np.float32))
+        dim = int(self._centroids.shape[1])
+        hidden_units = tuple(hidden_units)
+        self.interest_head = _ValueHead(dim, hidden_units, dot_scale=0.0, name="interest_head")
+        self.proposal_heads = [_ValueHead(dim, hidden_units, name=f"proposal_head_{m}") for m in range(num_proposers)]
+        self.critic_head = _ValueHead(dim, hidden_units, name="critic_head") if use_critic else None
         self._max_steps = float(max_steps)
 
+    @property
+    def num_proposers(self) -> int:
+        return len(self.proposal_heads)
+
+    @property
+    def encoders(self) -> list:
+        """The agents' layers (what ``trainable_encoders`` fine-tunes)."""
+        return [layer for layer in (self.user_agent, self.content_agent, self.system_agent) if layer is not None]
+
+    @property
+    def encoder_variables(self) -> list:
+        return [v for layer in self.encoders for v in layer.trainable_variables]
+
+    def head(self, name: str) -> tf.keras.layers.Layer:
+        """The head named ``interest``, ``proposal_<m>`` or ``critic``."""
+        if name.startswith("proposal_"):
+            return self.proposal_heads[int(name[len("proposal_"):])]
+        head = {"interest": self.interest_head, "critic": self.critic_head}.get(name)
+        if head is None:
+            raise ValueError(f"no head named {name!r}")
+        return head
+
+    def encode(self, observation):
+        """(state [B, D], candidate vectors [B, N, D]) of an observation: the shared pass."""
+        history = tf.cast(observation["history"], tf.int32)
+        # Dropout stays off: the encoders fine-tune (or not) on TD targets, not on noise.
+        state = self.user_agent(self.content_agent(history, training=False), mask=history > 0, training=False)
+        items = self.content_agent(tf.cast(observation["candidates"], tf.int32), training=False)
+        return state, items
+
+    def heads(self, state, items, step) -> dict:
+        """Every head's values from one encoding."""
+        step = tf.cast(step, tf.float32) / self._max_steps
+        centroids = tf.broadcast_to(self._centroids[None], tf.concat([tf.shape(state)[:1], tf.shape(self._centroids)], 0))
+        out = {"interest": self.interest_head(state, centroids, step),
+               "proposals": tf.stack([head(state, items, step) for head in self.proposal_heads], axis=1)}
+        if self.critic_head is not None:
+            out["critic"] = self.critic_head(state, items, step, base=self.system_agent.score(state, items))
+        return out
+
     def call(self, observation, step_type=None, network_state=(), training=False):
-        s = self._user_adapter(tf.cast(observation["user_state"], tf.float32))  # [B, D]
-        v = self._item_adapter(tf.gather(self._items, tf.cast(observation["candidates"], tf.int32)))  # [B, N, D]
-        n = tf.shape(v)[1]
-        s_n = tf.tile(s[:, None, :], [1, n, 1])
-        step = tf.tile(tf.cast(observation["step"], tf.float32)[:, None, None] / self._max_steps, [1, n, 1])
-        x = tf.concat([s_n * v, v, s_n, step], axis=-1)
-        for layer in self._mlp:
-            x = layer(x, training=training)
-        return tf.squeeze(x, -1) + self._dot_scale * tf.reduce_sum(s_n * v, -1), network_state
+        state, items = self.encode(observation)
+        return self.heads(state, items, observation["step"]), network_state
 
-
-class FacetValueNetwork(network.Network):
-    """Q_U(s, k) for every facet k: [B, F], from the facet centroids in item space."""
-
-    def __init__(self, observation_spec, centroids, hidden_units=(64,), max_steps: int = 50,
-                 name="FacetValueNetwork"):
-        super().__init__(observation_spec, state_spec=(), name=name)
-        centroids = np.asarray(centroids, np.float32)
-        self._centroids = tf.constant(centroids)
-        self._user_adapter = _adapter(centroids.shape[1], "user_adapter")
-        self._mlp = _mlp(tuple(hidden_units), "q")
-        self._max_steps = float(max_steps)
-
-    def call(self, observation, step_type=None, network_state=(), training=False):
-        s = self._user_adapter(tf.cast(observation["user_state"], tf.float32))  # [B, D]
-        f = tf.shape(self._centroids)[0]
-        s_f = tf.tile(s[:, None, :], [1, f, 1])
-        c = tf.tile(self._centroids[None], [tf.shape(s)[0], 1, 1])
-        step = tf.tile(tf.cast(observation["step"], tf.float32)[:, None, None] / self._max_steps, [1, f, 1])
-        x = tf.concat([s_f * c, c, s_f, step], axis=-1)
-        for layer in self._mlp:
-            x = layer(x, training=training)
-        return tf.squeeze(x, -1), network_state
+    def warm_start(self, model) -> None:
+        """Copies a pretrained `SequentialRecommender`'s agents' weights into the encoders."""
+        self.create_variables()
+        self.user_agent.set_weights(model.user_agent.get_weights())
+        self.content_agent.set_weights(model.content_agent.get_weights())
+        if self.system_agent is not None:
+            self.system_agent.set_weights(model.system_agent.get_weights())

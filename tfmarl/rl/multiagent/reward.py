@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfmarl.envs.metrics import slate_diversity  # noqa: F401  (re-exported: a reward signal)
+
 SIGNALS = ("click", "satisfaction", "conversion", "diversity", "novelty")
 
 
@@ -90,18 +92,6 @@ class AdaptiveReward:
     def load_state(self, state: dict) -> None:
         self.multipliers.update(state["multipliers"])
         self.running.update(state["running"])
-
-
-def slate_diversity(slate_vectors: np.ndarray) -> np.ndarray:
-    """Intra-list diversity per slate: 1 - mean pairwise cosine similarity, [B] (from [B, K, D])."""
-    v = np.asarray(slate_vectors, np.float64)
-    unit = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    k = unit.shape[1]
-    if k < 2:
-        return np.zeros(len(unit))
-    gram = unit @ unit.transpose(0, 2, 1)
-    mean = (gram.sum(axis=(1, 2)) - np.trace(gram, axis1=1, axis2=2)) / (k * (k - 1))
-    return 1.0 - mean
 
 
 def novelty_table(item_counts) -> np.ndarray:

@@ -1,13 +1,15 @@
-"""`MultiAgentTrainer`: centralised training of the three roles from one joint replay buffer.
+"""`MultiAgentTrainer`: centralised training of the agents' RL heads from one joint replay buffer.
 
-Each environment step stores one *joint transition* per session: the shared observation, every
-role's action (critic: the consumed candidate; User agent: its facet; each Content agent: the
-consumed candidate if it was theirs, else their best-placed slate item), every role's reward
-(global reward for critic and User agent, difference reward for Content agents) and a weight
-(0 for a Content agent with no item on the slate). Every step all roles train on the same
-sampled batch, the User agent's temperature follows its entropy target and the System agent's
-reward weights take a dual-ascent step. Checkpoints hold every agent, the replay buffer, the
-temperature, the step and the reward weights; a second `run` with the same directory resumes.
+Each environment step stores one *joint transition* per session: the shared observation (the
+visible history as item ids, the candidates and their facets), every head's action (critic: the
+consumed candidate; interest head: the consumed item's facet; each proposal head: the consumed
+candidate if its Content agent proposed it, else its best-placed slate item), every head's reward
+(global reward for the critic and the interest head, difference reward for the Content agents)
+and a weight (0 for a Content agent with no item on the slate). Every step the
+`MultiAgentLearner` takes one joint step on a sampled batch, the interest policy's temperature
+follows its entropy target and the System agent's reward weights take a dual-ascent step.
+Checkpoints hold the networks, optimizers, the replay buffer, the temperature, the step and the
+reward weights; a second `run` with the same directory resumes.
 With ``export_every`` the policy is exported as a new SavedModel version at that interval while
 it keeps learning (streaming mode); `learn_from` learns the same way from a stream of feedback that
 arrives from elsewhere (another simulator process, or logs) instead of stepping the environment.
@@ -24,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 from tf_agents.replay_buffers import tf_uniform_replay_buffer
 from tf_agents.specs import tensor_spec
-from tf_agents.trajectories import trajectory
 from tf_agents.utils import common
 
 from tfmarl.atomic import atomic_write_text
@@ -49,11 +50,13 @@ class MultiAgentTrainResult:
 
 
 class MultiAgentTrainer:
-    """Trains `MultiAgentRoles` in a `CandidateSessionEnvironment` (with ``include_state`` and
-    ``item_facets``).
+    """Trains a `MultiAgentLearner` in a `CandidateSessionEnvironment` with ``item_facets``.
+
+    Create it outside any ``strategy.scope()`` (its replay buffer lives on the host); the
+    learner trains under its own strategy.
 
     Args:
-      roles: the agents.
+      learner: the agents' RL heads and their joint training step.
       env: the environment.
       item_vectors: pretrained item vectors (diversity signal) [num_items, D].
       item_counts: training popularity (novelty signal) [num_items].
@@ -62,10 +65,10 @@ class MultiAgentTrainer:
       checkpoint_dir, log_dir: resumable checkpoints and TensorBoard.
     """
 
-    def __init__(self, roles, env, item_vectors, item_counts, *, reward: AdaptiveReward | None = None,
+    def __init__(self, learner, env, item_vectors, item_counts, *, reward: AdaptiveReward | None = None,
                  batch_size: int = 128, replay_capacity: int = 50_000, warmup_steps: int = 20, epsilon=0.05,
                  seed: int = 0, checkpoint_dir=None, log_dir=None):
-        self.roles, self.env = roles, env
+        self.learner, self.env = learner, env
         self.reward = reward or AdaptiveReward(adapt=False)
         self._vectors = np.asarray(item_vectors, np.float32)
         self._novelty = novelty_table(item_counts)
@@ -75,7 +78,7 @@ class MultiAgentTrainer:
         self._warmup = warmup_steps
         b = env.batch_size
         observation_spec = tensor_spec.from_spec(env.time_step_spec()).observation
-        names = list(roles.agents)
+        names = learner.heads
         scalar = lambda dtype: tf.TensorSpec((), dtype)  # noqa: E731
         self._spec = {"step_type": scalar(tf.int32), "next_step_type": scalar(tf.int32), "discount": scalar(tf.float32),
                       "observation": observation_spec, "actions": {n: scalar(tf.int32) for n in names},
@@ -89,8 +92,7 @@ class MultiAgentTrainer:
         if self._checkpoint_dir is not None:
             self._checkpointer = common.Checkpointer(
                 str(self._checkpoint_dir), max_to_keep=1, replay_buffer=self.replay, global_step=self.global_step,
-                log_temperature=roles.log_temperature, temperature_optimizer=roles.temperature_optimizer,
-                **roles.agents)
+                **learner.checkpoint_objects())
             self._checkpointer.initialize_or_restore()
             state_file = self._checkpoint_dir / REWARD_STATE_FILE
             if state_file.exists():
@@ -102,14 +104,14 @@ class MultiAgentTrainer:
                         else tf.summary.create_noop_writer())
         self._iterator = iter(self.replay.as_dataset(sample_batch_size=batch_size, num_steps=2,
                                                      num_parallel_calls=2).prefetch(2))
-        self._act = tf.function(lambda obs: roles.act(obs, sample=True))
-        self._train_step = common.function(self._train)
-        self._facet_owner = roles.facet_owner.numpy()
+        self._act = tf.function(lambda obs: learner.act(obs, sample=True))
+        self._train_step = common.function(learner.train)
+        self._facet_owner = learner.facet_owner.numpy()
         self.weight_history = []
 
     # --- one environment step --------------------------------------------------------------
     def _joint_transition(self, time_step, positions, next_step, info):
-        roles = self.roles
+        learner = self.learner
         b = self.env.batch_size
         missing = [k for k in FEEDBACK if k not in info]
         if missing:
@@ -134,20 +136,20 @@ class MultiAgentTrainer:
         w = self.reward.weights
         item_reward = sum(w[s] * np.asarray(signals[s], np.float64) for s in ("click", "satisfaction", "conversion"))
         total = self.reward.reward(signals)
-        actions = {"user": facets[rows, consumed]}
-        rewards = {"user": total}
-        weights = {"user": np.ones(b, np.float32)}
-        if roles.critic is not None:
+        actions = {"interest": facets[rows, consumed]}
+        rewards = {"interest": total}
+        weights = {"interest": np.ones(b, np.float32)}
+        if learner.use_critic:
             actions["critic"], rewards["critic"], weights["critic"] = consumed, total, np.ones(b, np.float32)
-        for m in range(len(roles.content)):
+        for m in range(learner.num_content_agents):
             mine = owner_slots == m
             first_mine = positions[rows, np.argmax(mine, axis=1)]
             own_click = clicked & (consumed_owner == m)
-            actions[f"content_{m}"] = np.where(own_click, consumed, first_mine)
+            actions[f"proposal_{m}"] = np.where(own_click, consumed, first_mine)
             # Difference reward: without this agent's item the click (and its item-level reward) would
             # not have happened; slate-level terms are the User agent's and the critic's.
-            rewards[f"content_{m}"] = np.where(own_click, item_reward, 0.0).astype(np.float32)
-            weights[f"content_{m}"] = mine.any(axis=1).astype(np.float32)
+            rewards[f"proposal_{m}"] = np.where(own_click, item_reward, 0.0).astype(np.float32)
+            weights[f"proposal_{m}"] = mine.any(axis=1).astype(np.float32)
         transition = {"step_type": time_step.step_type, "next_step_type": next_step.step_type,
                       "discount": next_step.discount, "observation": time_step.observation,
                       "actions": {k: np.asarray(v, np.int32) for k, v in actions.items()},
@@ -159,19 +161,6 @@ class MultiAgentTrainer:
         """Ingests joint transitions (this trainer's replay layout, leading dimension = env batch),
         e.g. logged feedback streamed from elsewhere."""
         self.replay.add_batch(tf.nest.map_structure(tf.convert_to_tensor, transitions))
-
-    # --- one training step -----------------------------------------------------------------
-    def _train(self, sample):
-        losses = {}
-        for name, agent in self.roles.agents.items():
-            experience = trajectory.Trajectory(
-                step_type=sample["step_type"], observation=sample["observation"], action=sample["actions"][name],
-                policy_info=(), next_step_type=sample["next_step_type"], reward=sample["rewards"][name],
-                discount=sample["discount"])
-            losses[name] = agent.train(experience, weights=sample["weights"][name][:, 0]).loss
-        first = tf.nest.map_structure(lambda t: t[:, 0], sample["observation"])
-        losses["entropy"] = self.roles.update_temperature(first)
-        return losses
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, num_steps: int, *, log_every: int = 50, checkpoint_every: int = 500, export_every: int | None = None,
@@ -198,15 +187,15 @@ class MultiAgentTrainer:
 
     def learn_from(self, feedback, *, log_every: int = 50, checkpoint_every: int = 500,
                    export_every: int | None = None, export_fn=None) -> MultiAgentTrainResult:
-        """Keeps learning from a stream of feedback, updating the roles in place: each item is
+        """Keeps learning from a stream of feedback, updating the learner in place: each item is
         ``(time_step, positions, next_time_step, signals)`` for one step of the trainer's B
         sessions, in the environment's layout: the observed `TimeStep`s (observation with
-        ``candidates``, ``candidate_facets``, ``user_state``, ...), the slate shown as positions
+        ``history``, ``step``, ``candidates``, ``candidate_facets``), the slate shown as positions
         among the candidates int [B, K], and ``signals`` {``click``, ``satisfaction``,
         ``conversion``: float [B]; ``chosen_slot``: int [B], -1 for no click} — what a
         `CandidateSessionEnvironment` returns, whether live, simulated elsewhere or replayed from
         logs. Row b of consecutive items must be the same session stream. Every item counts as one
-        step: the roles train (after warm-up), the reward weights adapt, checkpoints and TensorBoard
+        step: the heads train (after warm-up), the reward weights adapt, checkpoints and TensorBoard
         are written as in `run`, and ``export_fn(step)`` runs every ``export_every`` steps."""
         b = self.env.batch_size
         start = done = int(self.global_step.numpy())
@@ -257,7 +246,7 @@ class MultiAgentTrainer:
 
     def _log_point(self, done, window, finished, observation) -> dict:
         """One learning-curve point (and its TensorBoard summaries) for the interval ending at ``done``."""
-        point = {"step": done, "temperature": float(self.roles.temperature.numpy()),
+        point = {"step": done, "temperature": float(self.learner.temperature.numpy()),
                  **{k: float(np.mean(v)) for k, v in window.items()},
                  **{f"weight/{k}": v for k, v in self.reward.weights.items()}}
         if finished:
@@ -269,18 +258,19 @@ class MultiAgentTrainer:
             for key, value in point.items():
                 if key == "step":
                     continue
-                tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"marl/{key}")
+                tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"multiagent/{key}")
                 tf.summary.scalar(tag, value, step=done)
             observation = {k: tf.convert_to_tensor(v) for k, v in observation.items()}
-            q_user, content_q, critic_q = self.roles.values(observation)
-            tf.summary.histogram("marl/facet_probabilities", self.roles.facet_probabilities(q_user), step=done)
-            tf.summary.histogram("marl/content_q", content_q, step=done)
+            q_interest, proposal_q, critic_q = self.learner.values(observation)
+            tf.summary.histogram("multiagent/facet_probabilities", self.learner.facet_probabilities(q_interest),
+                                 step=done)
+            tf.summary.histogram("multiagent/proposal_q", proposal_q, step=done)
             if critic_q is not None:
-                tf.summary.histogram("marl/critic_q", critic_q, step=done)
+                tf.summary.histogram("multiagent/critic_q", critic_q, step=done)
         return point
 
     def save(self) -> None:
-        """Checkpoints every agent, the replay buffer, the temperature (and its optimizer), the step,
+        """Checkpoints the networks and optimizers, the replay buffer, the temperature, the step,
         the reward weights and the exploration random state."""
         if self._checkpointer is None:
             raise ValueError("this trainer has no checkpoint_dir")

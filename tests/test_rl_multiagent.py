@@ -1,4 +1,5 @@
-"""Multi-agent RL: roles learning known answers, adaptive reward weights, resume, export."""
+"""Multi-agent RL: the agents' heads learning known answers, adaptive reward weights, resume,
+fine-tuning, distribution, export."""
 
 import json
 import os
@@ -12,16 +13,42 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
-from tfmarl.rl.multiagent import (AdaptiveReward, Facets, MultiAgentRoles, MultiAgentTrainer, allocate_slots,
+from tfmarl.rl.multiagent import (AdaptiveReward, Facets, MultiAgentLearner, MultiAgentTrainer, allocate_slots,
                                   build_facets, compose_slate, kmeans, slate_diversity)
 
 N, K, B, D, F = 12, 2, 16, 4, 4
 ITEMS = np.arange(2, 2 + N)  # item indices of the fixed candidate list
-ITEM_FACET = np.zeros(2 + N, np.int32)
-ITEM_FACET[2:] = np.arange(N) % F  # facets 0..3 in turn; facets {0, 1} = domain 0, {2, 3} = domain 1
+MARKERS = (2 + N, 3 + N)  # the history items that tell the groups apart: group 1 (A), group 0 (B)
+NUM_ITEMS = 4 + N
+ITEM_FACET = np.zeros(NUM_ITEMS, np.int32)
+ITEM_FACET[ITEMS] = np.arange(N) % F  # facets 0..3 in turn; facets {0, 1} = domain 0, {2, 3} = domain 1
 FACETS = Facets(ITEM_FACET, np.eye(F, D, dtype=np.float32), np.array([0, 0, 1, 1], np.int32))
-VECTORS = np.zeros((2 + N, D), np.float32)
-VECTORS[2:] = np.eye(F, D)[ITEM_FACET[2:]] + 0.01 * np.arange(N)[:, None]
+VECTORS = np.zeros((NUM_ITEMS, D), np.float32)
+VECTORS[ITEMS] = np.eye(F, D)[ITEM_FACET[ITEMS]] + 0.01 * np.arange(N)[:, None]
+VECTORS[MARKERS[0]], VECTORS[MARKERS[1]] = [1.0, 1.0, 0, 0], [-1.0, -1.0, 0, 0]
+
+
+def agents_model(seed=0):
+    """A small "pretrained" recommender: the Content agent's id vectors are VECTORS (facet
+    directions; the markers opposite), the User agent a one-layer GRU over them."""
+    from tfmarl.training import SequentialRecommender
+
+    tf.keras.utils.set_random_seed(seed)
+    model = SequentialRecommender(num_items=NUM_ITEMS, dim=D, encoder="gru", max_length=3, num_layers=1, dropout=0.0,
+                                  k=K)
+    model.build_all()
+    model.content_agent.id_embeddings.assign(VECTORS)
+    return model
+
+
+MODEL = None
+
+
+def shared_model():
+    global MODEL
+    if MODEL is None:
+        MODEL = agents_model()
+    return MODEL
 
 
 class _Config:
@@ -33,9 +60,9 @@ class _Session:
 
 
 class FacetWorld(py_environment.PyEnvironment):
-    """A known answer: users of group A (state +1) click the first slate item of facet ``good_a``,
-    users of group B (state -1) the first of facet ``good_b``; nothing else is clicked. Sessions last
-    5 steps."""
+    """A known answer: users of group A (history: marker A) click the first slate item of facet
+    ``good_a``, users of group B (marker B) the first of facet ``good_b``; nothing else is clicked.
+    Sessions last 5 steps. Observations carry item ids only, as the session environments do."""
 
     def __init__(self, good_a=0, good_b=2, seed=0):
         super().__init__(handle_auto_reset=False)
@@ -43,10 +70,9 @@ class FacetWorld(py_environment.PyEnvironment):
         self._rng = np.random.default_rng(seed)
         self.session, self.num_candidates = _Session(), N
         self._spec = {
-            "history": array_spec.BoundedArraySpec((3,), np.int32, 0, N + 1, name="history"),
+            "history": array_spec.BoundedArraySpec((3,), np.int32, 0, NUM_ITEMS - 1, name="history"),
             "step": array_spec.BoundedArraySpec((), np.int32, 0, 5, name="step"),
-            "candidates": array_spec.BoundedArraySpec((N,), np.int32, 0, N + 1, name="candidates"),
-            "user_state": array_spec.ArraySpec((D,), np.float32, name="user_state"),
+            "candidates": array_spec.BoundedArraySpec((N,), np.int32, 0, NUM_ITEMS - 1, name="candidates"),
             "candidate_facets": array_spec.BoundedArraySpec((N,), np.int32, 0, F - 1, name="candidate_facets")}
         self.last_info = {}
 
@@ -56,10 +82,10 @@ class FacetWorld(py_environment.PyEnvironment):
     action_spec = lambda self: array_spec.BoundedArraySpec((K,), np.int32, 0, N - 1)  # noqa: E731
 
     def _observation(self):
-        state = np.zeros((B, D), np.float32)
-        state[:, 0] = self._group * 2.0 - 1.0
-        return {"history": np.zeros((B, 3), np.int32), "step": self._steps.copy(),
-                "candidates": np.tile(ITEMS, (B, 1)).astype(np.int32), "user_state": state,
+        history = np.zeros((B, 3), np.int32)
+        history[:, 0] = np.where(self._group == 1, MARKERS[0], MARKERS[1])
+        return {"history": history, "step": self._steps.copy(),
+                "candidates": np.tile(ITEMS, (B, 1)).astype(np.int32),
                 "candidate_facets": np.tile(ITEM_FACET[ITEMS], (B, 1))}
 
     def _reset(self):
@@ -86,13 +112,17 @@ class FacetWorld(py_environment.PyEnvironment):
                            self._observation())
 
 
-def make_trainer(env, tmp=None, **role_kwargs):
+def make_learner(env, **kwargs):
     tf.keras.utils.set_random_seed(0)
-    roles = MultiAgentRoles(env, VECTORS, FACETS, gamma=0.5, learning_rate=5e-3, hidden_units=(16,),
-                            target_update_period=20, **role_kwargs)
-    trainer = MultiAgentTrainer(roles, env, VECTORS, np.ones(2 + N), batch_size=32, warmup_steps=5, epsilon=0.2,
-                                checkpoint_dir=tmp, reward=AdaptiveReward({"diversity": 0.0}))
-    return roles, trainer
+    options = dict(gamma=0.5, learning_rate=5e-3, hidden_units=(16,), target_update_period=20)
+    return MultiAgentLearner(env, shared_model(), FACETS, **{**options, **kwargs})
+
+
+def make_trainer(env, tmp=None, **learner_kwargs):
+    learner = make_learner(env, **learner_kwargs)
+    trainer = MultiAgentTrainer(learner, env, VECTORS, np.ones(NUM_ITEMS), batch_size=32, warmup_steps=5,
+                                epsilon=0.2, checkpoint_dir=tmp, reward=AdaptiveReward({"diversity": 0.0}))
+    return learner, trainer
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +153,7 @@ def test_content_agents_and_composed_slate_serve_the_paying_facet(trained):
         facets = ITEM_FACET[ITEMS[positions.numpy()]]
         assert (facets == good).any(1).all()
         # The owning Content agent values its paying facet's items above its other facet's.
-        owner = roles.content[FACETS.facet_domain[good]]
-        q = owner._q_network(group_observation(env, group))[0].numpy()[0]
+        q = roles.network(group_observation(env, group))[0]["proposals"].numpy()[0, FACETS.facet_domain[good]]
         paying = ITEM_FACET[ITEMS] == good
         other = ITEM_FACET[ITEMS] == (good + 1)
         assert q[paying].mean() > q[other].mean()
@@ -133,7 +162,7 @@ def test_content_agents_and_composed_slate_serve_the_paying_facet(trained):
 def test_critic_learns_values_and_training_improves_return(trained):
     env, roles, result = trained
     obs = group_observation(env, 1)
-    q = roles.critic._q_network(obs)[0].numpy()[0]
+    q = roles.network(obs)[0]["critic"].numpy()[0]
     assert q[ITEM_FACET[ITEMS] == 0].mean() > q[ITEM_FACET[ITEMS] == 3].mean()
     returns = [p["session_return"] for p in result.curve if "session_return" in p]
     assert returns[-1] > returns[0] and returns[-1] > 3.5  # 5 steps, up to one click each
@@ -151,7 +180,7 @@ def logged_feedback(steps, seed=1):
     return log
 
 
-def test_roles_learn_from_a_stream_of_logged_feedback(tmp_path):
+def test_heads_learn_from_a_stream_of_logged_feedback(tmp_path):
     env = FacetWorld()
     env.step = env.reset = None  # learning from the stream never steps the environment
     roles, trainer = make_trainer(env, tmp_path / "ckpt")
@@ -204,9 +233,9 @@ def test_adaptive_reward_weights_follow_their_constraints():
 def test_reward_weights_move_during_training_when_a_floor_is_violated():
     env = FacetWorld()
     tf.keras.utils.set_random_seed(0)
-    roles = MultiAgentRoles(env, VECTORS, FACETS, hidden_units=(8,))
+    roles = make_learner(env, hidden_units=(8,))
     reward = AdaptiveReward({"diversity": 5.0, "novelty": 0.0})  # diversity can never reach 5
-    trainer = MultiAgentTrainer(roles, env, VECTORS, np.ones(2 + N), reward=reward, warmup_steps=2)
+    trainer = MultiAgentTrainer(roles, env, VECTORS, np.ones(NUM_ITEMS), reward=reward, warmup_steps=2)
     result = trainer.run(20, log_every=5)
     weights = [p["weight/diversity"] for p in result.curve]
     assert weights == sorted(weights) and weights[-1] > 0
@@ -244,18 +273,18 @@ def test_facets_cluster_item_vectors():
 def test_ablations_construct_and_train():
     for kwargs in ({"use_critic": False}, {"num_content_agents": 1}):
         roles, trainer = make_trainer(FacetWorld(), **kwargs)
-        assert ("critic" in roles.agents) == kwargs.get("use_critic", True)
-        assert len(roles.content) == (1 if "num_content_agents" in kwargs else 2)
+        assert ("critic" in roles.heads) == kwargs.get("use_critic", True)
+        assert roles.num_content_agents == (1 if "num_content_agents" in kwargs else 2)
         result = trainer.run(12, log_every=6)
         assert any(k.startswith("loss/") for k in result.curve[-1])
     with pytest.raises(ValueError, match="num_content_agents"):
-        MultiAgentRoles(FacetWorld(), VECTORS, FACETS, num_content_agents=3)
+        make_learner(FacetWorld(), num_content_agents=3)
 
 
-def test_interrupted_training_resumes_every_role(tmp_path):
+def test_interrupted_training_resumes_every_head(tmp_path):
     roles, trainer = make_trainer(FacetWorld(), tmp=tmp_path)
     trainer.run(30, checkpoint_every=10)
-    saved = {name: agent._q_network.variables[0].numpy().copy() for name, agent in roles.agents.items()}
+    saved = [v.numpy().copy() for v in roles.network.variables + roles.target_network.variables]
     saved_weights = dict(trainer.reward.weights)
     saved_temperature = float(roles.log_temperature.numpy())
     saved_optimizer_steps = int(roles.temperature_optimizer.iterations.numpy())
@@ -266,8 +295,9 @@ def test_interrupted_training_resumes_every_role(tmp_path):
     assert int(fresh.global_step.numpy()) == 30
     assert int(fresh_roles.temperature_optimizer.iterations.numpy()) == saved_optimizer_steps > 0
     np.testing.assert_array_equal(fresh._rng.random(5), expected)  # exploration continues its stream
-    for name, agent in fresh_roles.agents.items():
-        np.testing.assert_allclose(agent._q_network.variables[0].numpy(), saved[name])
+    for variable, value in zip(fresh_roles.network.variables + fresh_roles.target_network.variables, saved):
+        np.testing.assert_allclose(variable.numpy(), value)
+    assert int(fresh_roles.train_step.numpy()) == int(roles.train_step.numpy()) > 0
     assert float(fresh_roles.log_temperature.numpy()) == pytest.approx(saved_temperature)
     assert fresh.reward.weights == saved_weights
     assert int(fresh.replay.num_frames()) > 0
@@ -294,11 +324,11 @@ def test_streaming_exports_refreshed_versions_and_they_load_without_tfmarl(tmp_p
     facets = build_facets(retriever.item_vectors, 4, 2, seed=0)
     env = CandidateSessionEnvironment(
         SessionEnvironment(user_model, SessionConfig(slate_size=3, history_length=5), batch_size=8, seed=0),
-        retriever, 12, include_state=True, item_facets=facets.item_facet)
-    roles = MultiAgentRoles(env, retriever.item_vectors, facets, hidden_units=(8,))
+        retriever, 12, item_facets=facets.item_facet)
+    roles = MultiAgentLearner(env, model, facets, hidden_units=(8,))
     trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, np.ones(model.num_items), warmup_steps=2)
     export = lambda step: export_candidate_recommender(  # noqa: E731
-        model, multiagent_scorer(roles, model, facets, history_length=5), tmp_path / "marl",
+        model, multiagent_scorer(roles, history_length=5), tmp_path / "marl",
         variables=roles.variables, k=3, num_candidates=12, metadata={"step": step})
     result = trainer.run(12, export_every=6, export_fn=export)
     assert [os.path.basename(p) for p in result.exports] == ["1", "2"]
@@ -307,6 +337,7 @@ import json, sys, tensorflow as tf
 serve = tf.saved_model.load({str(tmp_path / 'marl' / '2')!r}).signatures["serving_default"]
 out = serve(history=tf.constant([["m1", "m2", ""], ["", "", ""], ["zz", "m5", ""]]))
 print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "scores": out["scores"].numpy().tolist(),
+                   "values": out["values"].numpy().tolist(),
                    "leaked": [m for m in ("tfmarl", "tf_agents") if m in sys.modules]}}))
 """
     env_vars = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
@@ -316,7 +347,8 @@ print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "scores"
     assert out["leaked"] == [] and len(out["ids"]) == 3 and all(len(r) == 3 for r in out["ids"])
     assert not {"m1", "m2"} & set(out["ids"][0]) and "m5" not in out["ids"][2]
     assert all(len(set(r)) == 3 for r in out["ids"])
-    assert np.isfinite(out["scores"]).all()
+    assert np.isfinite(out["scores"]).all() and np.isfinite(out["values"]).all()
+    assert (np.diff(out["scores"], axis=1) <= 0).all()  # the slate's order is the order of the scores
     info = json.loads((tmp_path / "marl" / "2" / "assets.extra" / "tfmarl.json").read_text())
     assert info["step"] == 12
 
@@ -330,10 +362,54 @@ print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "scores"
     slates = MultiAgentSlatePolicy(roles, retriever)({"history": history, "step": np.zeros(len(history), np.int32)})
     np.testing.assert_array_equal(served, model.item_vocabulary.decode(slates).astype(str))
     # ... and, like the roles in training, sees only the last history_length items of a longer history.
-    score = multiagent_scorer(roles, model, facets, history_length=5)
+    score = multiagent_scorer(roles, history_length=5)
     assert (history > 1).all()  # every visible history is full: 5 known items
     longer = np.concatenate([np.roll(history, 1, axis=1), history], axis=1)  # 10 items, the same last 5
     candidates = tf.constant(retriever(history)["candidates"])
     for a, b in zip(score(tf.constant(longer), candidates, retriever.item_vectors),
                     score(tf.constant(history), candidates, retriever.item_vectors)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_fine_tuning_moves_the_agents_layers_and_frozen_training_does_not():
+    """``trainable_encoders`` decides whether RL changes the pretrained User/Content agents; the
+    heads learn either way. A train step runs the shared encoders once (on the observations and
+    next observations together)."""
+    for trainable in (False, True):
+        learner, trainer = make_trainer(FacetWorld(), trainable_encoders=trainable, encoder_learning_rate=1e-2)
+        before_agents = [w.copy() for w in learner.network.user_agent.get_weights()]
+        before_heads = [w.copy() for w in learner.network.head("critic").get_weights()]
+        trainer.run(12, log_every=6)
+        moved_agents = max(np.abs(a - b).max() for a, b in zip(learner.network.user_agent.get_weights(), before_agents))
+        moved_heads = max(np.abs(a - b).max() for a, b in zip(learner.network.head("critic").get_weights(),
+                                                               before_heads))
+        assert moved_heads > 1e-4
+        assert (moved_agents > 1e-4) == trainable, (trainable, moved_agents)
+        sample, _ = next(trainer._iterator)
+        calls, encode = [], learner.network.encode
+        learner.network.encode = lambda observation: calls.append(1) or encode(observation)
+        tf.function(learner.train).get_concrete_function(sample)
+        assert len(calls) == 1
+
+
+def test_learner_under_mirrored_matches_one_device(mirrored):
+    """The joint step on two replicas (half batches each) equals one device's on the whole batch."""
+    env = FacetWorld()
+    single, trainer = make_trainer(env, gradient_clipping=None)
+    trainer.run(10, log_every=5)
+    sample, _ = next(trainer._iterator)
+    with mirrored.scope():
+        replicated = make_learner(env, gradient_clipping=None)
+    replicated.network.set_weights(single.network.get_weights())
+    replicated.target_network.set_weights(single.target_network.get_weights())
+    # Same optimizer state: both take their first step on this sample from fresh optimizers.
+    fresh = make_learner(env, gradient_clipping=None)
+    fresh.network.set_weights(single.network.get_weights())
+    fresh.target_network.set_weights(single.target_network.get_weights())
+    one = tf.function(fresh.train)(sample)
+    two = tf.function(replicated.train)(sample)
+    for name in fresh.heads:
+        np.testing.assert_allclose(two[name].numpy(), one[name].numpy(), rtol=1e-5)
+    for a, b in zip(fresh.network.get_weights(), replicated.network.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert int(replicated.train_step.numpy()) == 1  # counted once, not once per replica

@@ -1,5 +1,6 @@
-"""Action and numeric checks of the candidate and per-arm bandit environments, and the TF-Agents
-contract (`validate_py_environment`) for slates of several items."""
+"""Tests for `tfmarl.envs.candidates`: `CandidateSessionEnvironment`'s observations and action checks,
+and the TF-Agents contract (`validate_py_environment`) for slates of several items, session
+environments included."""
 
 import dataclasses
 import types
@@ -9,49 +10,23 @@ import pytest
 from tf_agents.environments import utils as env_utils
 from tf_agents.policies import random_py_policy
 
-from tfmarl.data.synthetic import generate_synthetic
-from tfmarl.envs import SessionConfig, SessionEnvironment, fit_user_model
-from tfmarl.envs.bandit import PerArmBanditEnvironment
-from tfmarl.envs.candidates import CandidateSessionEnvironment
+from tfmarl.envs import CandidateSessionEnvironment, SessionEnvironment
 
-N = 8  # candidates per observation
-CONFIG = SessionConfig(slate_size=3, history_length=6, max_steps=4, no_click_utility=2.0)
+import test_envs_fakes as fakes
+from test_envs_fakes import make_retrieve
+
+N = fakes.NUM_CANDIDATES
+CONFIG = fakes.SMALL_CONFIG
 
 
 @pytest.fixture(scope="module")
 def model():
-    # 42 item indices, short sessions: every test here runs in well under a second.
-    return fit_user_model(generate_synthetic(n_users=60, n_items=40, interactions_per_user=10, seed=0),
-                          dim=8, iterations=5, seed=0)
-
-
-def make_retrieve(model, num_candidates=N):
-    """A numpy stand-in for `CandidateRetriever`: the first items of a fixed random order that are
-    not in the history, and the mean history item vector as the user state."""
-    order = np.random.default_rng(0).permutation(np.arange(2, model.num_items))
-    rank = np.full(model.num_items, np.inf)
-    rank[order] = np.arange(len(order))
-
-    def retrieve(history):
-        history = np.asarray(history)
-        ranks = np.broadcast_to(rank, (len(history), model.num_items)).copy()
-        np.put_along_axis(ranks, history, np.inf, axis=1)  # padding 0 is excluded anyway
-        candidates = np.argsort(ranks, axis=1, kind="stable")[:, :num_candidates].astype(np.int32)
-        vectors = model.item_vectors[history]
-        count = np.maximum((history > 0).sum(axis=1, keepdims=True), 1)
-        return {"candidates": candidates, "user_state": (vectors.sum(axis=1) / count).astype(np.float32)}
-
-    return retrieve
+    return fakes.small_model()
 
 
 def candidate_env(model, config=CONFIG, batch_size=4, seed=0, retrieve=None, **kwargs):
     session = SessionEnvironment(model, config, batch_size=batch_size, seed=seed)
     return CandidateSessionEnvironment(session, retrieve or make_retrieve(model), N, **kwargs)
-
-
-def bandit_env(model, batch_size=4, seed=0, **kwargs):
-    return PerArmBanditEnvironment(model, make_retrieve(model), model.item_vectors, N, config=CONFIG,
-                                   batch_size=batch_size, seed=seed, **kwargs)
 
 
 def test_retrieve_stand_in_gives_distinct_unseen_items(model):
@@ -61,44 +36,6 @@ def test_retrieve_stand_in_gives_distinct_unseen_items(model):
     assert (candidates >= 2).all()
     for row in range(4):
         assert len(set(candidates[row])) == N and not set(candidates[row]) & set(history[row])
-
-
-# --- the per-arm bandit ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("action, message", [
-    (np.array([0.5, 1.7, 0.0, 1.0]), r"got non-integer dtype float64 with shape \(4,\), e.g. action\[0\] = 0.5"),
-    (np.array([0.0, np.nan, 1.0, 2.0]), r"got non-integer dtype float64 .* action\[1\] = nan"),
-    (np.array([0.0, 1.0, 2.0, 3.0]), r"got non-integer dtype float64"),  # whole floats too, as SessionEnvironment
-    (np.array([True, False, True, True]), r"got non-integer dtype bool"),
-    (np.array([0, 1, N, 2], np.int32), rf"got action\[2\] = {N} \(values in \[0, {N}\]\)"),
-    (np.array([0, -3, 1, 2], np.int64), r"got action\[1\] = -3"),
-])
-def test_bandit_rejects_non_integer_and_out_of_range_arms(model, action, message):
-    env = bandit_env(model)
-    env.reset()
-    with pytest.raises(ValueError, match=r"actions must be 4 arm indices in \[0, 8\); " + message):
-        env.step(action)
-    env.step(np.array([0, 1, 2, N - 1], np.int32))  # still usable
-
-
-def test_bandit_catches_non_finite_click_probabilities(model):
-    broken = dataclasses.replace(model, user_vectors=model.user_vectors.copy())
-    broken.user_vectors[3] = np.nan  # user 3's probabilities are NaN; user 5's are fine
-    env = PerArmBanditEnvironment(broken, make_retrieve(broken), broken.item_vectors, N, config=CONFIG,
-                                  batch_size=8, users=np.array([3, 5]), seed=0)
-    with pytest.raises(FloatingPointError, match="non-finite click probabilities") as info:
-        env.reset()  # a NaN probability used to lose every draw: reward 0, silently
-    rows = np.flatnonzero(env.session._user == 3)
-    assert 0 < len(rows) < 8  # both users drawn, so the message must single out user 3's rows
-    assert f"batch elements {rows.tolist()} (users {[3] * len(rows)})" in str(info.value)
-    # A healthy model is unaffected, and rewards stay 0/1.
-    healthy = bandit_env(model, batch_size=8)
-    healthy.reset()
-    assert set(np.unique(healthy.step(np.zeros(8, np.int32)).reward)) <= {0.0, 1.0}
-
-
-# --- the candidate environment ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("positions, message", [
@@ -174,3 +111,35 @@ def test_validate_envs_with_distinct_random_slates(model, monkeypatch):
     for env in envs:
         assert env.action_spec().shape == (3,)
         env_utils.validate_py_environment(env, episodes=6)
+
+
+def test_candidate_observations_and_slate_mapping(model):
+    env = candidate_env(model, include_state=True, item_facets=model.item_category)
+    assert env.num_candidates == N and env.batch_size == 4
+    observation = env.reset().observation
+    assert set(observation) == {"history", "step", "candidates", "user_state", "candidate_facets"}
+    candidates = observation["candidates"]
+    np.testing.assert_array_equal(observation["candidate_facets"], model.item_category[candidates])
+    assert observation["user_state"].shape == (4, model.dim) and observation["user_state"].dtype == np.float32
+    positions = np.array([[0, 1, 2], [7, 6, 5], [3, 0, 4], [1, 2, 3]], np.int32)
+    slate = env.items_for(positions)
+    np.testing.assert_array_equal(slate, np.take_along_axis(candidates, positions, axis=1))
+    env.step(positions)
+    info = env.last_info
+    for row in np.flatnonzero(info["click"] > 0):
+        assert info["chosen_item"][row] == slate[row, info["chosen_slot"][row]]
+    with pytest.raises(ValueError, match="slate positions must have shape"):
+        env.items_for(positions[:2])
+
+
+def test_candidate_env_rejects_bad_arguments(model):
+    session = SessionEnvironment(model, CONFIG, batch_size=4, seed=0)
+    largest = model.num_items - 2 - CONFIG.history_length
+    for n in (CONFIG.slate_size - 1, largest + 1):
+        with pytest.raises(ValueError, match=rf"num_candidates must be in \[slate_size=3, .*={largest}\], got {n}"):
+            CandidateSessionEnvironment(session, make_retrieve(model, n), n)
+    with pytest.raises(ValueError, match=f"item_facets must be {model.num_items} non-negative facet ids"):
+        CandidateSessionEnvironment(session, make_retrieve(model), N, item_facets=np.zeros(5, np.int32))
+    env = CandidateSessionEnvironment(session, make_retrieve(model, N - 1), N)
+    with pytest.raises(ValueError, match=r"retrieve returned shape \(4, 7\), expected \(4, 8\)"):
+        env.reset()

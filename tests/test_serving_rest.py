@@ -1,11 +1,8 @@
-"""The local TF-Serving-compatible REST server and the warm-up records, against real exports."""
+"""The TF-Serving-compatible REST API (`tfmarl.serving.rest`) against a real export."""
 
 import base64
 import http.client
 import json
-import logging
-import os
-import shutil
 import sys
 import threading
 import time
@@ -15,9 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfmarl.export import export_recommender
-from tfmarl.export.warmup import default_warmup_histories, read_warmup_requests, warmup_path, write_warmup_requests
 from tfmarl.serving import ModelServer
-from tfmarl.serving.server import add_arguments
 
 NAME = "cycle"
 
@@ -318,63 +313,6 @@ def test_path_safety_no_file_is_touched(server, tmp_path):
     assert _AUDIT["events"] == []  # request handling opened or listed no file at all
 
 
-# --- versions ----------------------------------------------------------------------------------
-
-
-def wait_for(predicate, seconds=60.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
-def served_versions(port):
-    status, out, _ = call(port, "GET", f"/v1/models/{NAME}")
-    return [s["version"] for s in out["model_version_status"]] if status == 200 else []
-
-
-def slate_size(port, version=None):
-    path = f"/v1/models/{NAME}/versions/{version}:predict" if version else PREDICT
-    status, out, _ = call(port, "POST", path, {"instances": [["m1"]]})
-    return len(out["predictions"][0]["item_ids"]) if status == 200 else status
-
-
-def test_new_versions_are_picked_up(tmp_path, exported_v1, trained_cycle_model, caplog):
-    caplog.set_level(logging.INFO, logger="tfmarl.serving")
-    base = tmp_path / NAME
-    shutil.copytree(exported_v1, base / "1")
-    server = ModelServer(base, poll_seconds=0.2, keep_versions=2, max_load_attempts=2)
-    port = server.start()
-    try:
-        assert served_versions(port) == ["1"] and slate_size(port) == 5
-        # A half-written export (hidden temporary directory) and non-version entries are ignored.
-        hidden = base / ".tmp-export-half"
-        hidden.mkdir()
-        (hidden / "saved_model.pb").write_bytes(b"partial")
-        (base / "latest").mkdir()
-        (base / "README").write_text("not a version")
-        # A second version, exported while serving (slate of 3 tells its answers apart).
-        assert export_recommender(trained_cycle_model, base, k=3).name == "2"
-        wait_for(lambda: served_versions(port) == ["2", "1"])
-        assert slate_size(port) == 3 and slate_size(port, 2) == 3 and slate_size(port, 1) == 5
-        # A broken version: its load fails, is logged, and versions 2 and 1 keep serving.
-        (base / "3").mkdir()
-        (base / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
-        wait_for(lambda: "loading version 3 failed (attempt 2 of 2)" in caplog.text)
-        assert served_versions(port) == ["2", "1"] and slate_size(port) == 3
-        # Another good version (renamed into place): 4 and 2 are kept, 1 is unloaded.
-        shutil.copytree(exported_v1, base / ".tmp-copy")
-        os.rename(base / ".tmp-copy", base / "4")
-        wait_for(lambda: served_versions(port) == ["4", "2"])
-        assert slate_size(port) == 5 and slate_size(port, 1) == 404
-        assert not [r for r in caplog.records if ".tmp-" in r.getMessage() or "latest" in r.getMessage()]
-    finally:
-        server.stop()
-
-
 def test_server_starts_without_versions_and_validates_its_config(tmp_path):
     with pytest.raises(FileNotFoundError):
         ModelServer(tmp_path / "missing")
@@ -387,17 +325,6 @@ def test_server_starts_without_versions_and_validates_its_config(tmp_path):
         status, out, _ = call(server.port, "GET", "/v1/models/empty")
         assert status == 404 and "Could not find any versions" in out["error"]
         assert call(server.port, "POST", "/v1/models/empty:predict", {"instances": [[]]})[0] == 404
-
-
-def test_cli_arguments():
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--model_base_path", "savedmodels/movies"])
-    assert (args.port, args.host, args.poll_seconds, args.model_name) == (8501, "127.0.0.1", 2.0, None)
-    args = parser.parse_args(["--model_base_path", "m", "--model_name", "x", "--port", "0", "--poll_seconds", "0.5"])
-    assert (args.model_name, args.port, args.poll_seconds) == ("x", 0, 0.5)
 
 
 # --- concurrency -------------------------------------------------------------------------------
@@ -430,62 +357,3 @@ def test_concurrent_clients(server, saved_model):
         t.join(60)
     assert errors == [] and len(done) == 160
 
-
-# --- warm-up records ---------------------------------------------------------------------------
-
-
-def test_warmup_records_are_written_readable_and_replayable(tmp_path, exported_v1, cycle_vocab, saved_model, caplog):
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    version = tmp_path / NAME / "1"
-    shutil.copytree(exported_v1, version)
-    histories = default_warmup_histories(cycle_vocab, max_length=12)
-    assert [len(h) for h in histories] == [0, 1, 5, 12] * 2
-    path = write_warmup_requests(version, histories + [[["m1", "m2"], ["m3"]]], model_name=NAME)
-    assert path == warmup_path(version) == version / "assets.extra" / "tf_serving_warmup_requests"
-    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # atomic: no temp left
-
-    # Readable with nothing but TensorFlow and the serving-API protos.
-    raw = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
-    assert raw == read_warmup_requests(version) and len(raw) == 9
-    for log, history in zip(raw, histories + [None]):
-        request = log.predict_log.request
-        assert (request.model_spec.name, request.model_spec.signature_name) == (NAME, "serving_default")
-        assert list(request.inputs) == ["history"]
-        tensor = request.inputs["history"]
-        assert tensor.dtype == tf.string.as_datatype_enum
-        array = tf.make_ndarray(tensor)
-        if history is None:
-            assert array.shape == (2, 2) and array[1, 1] == b""
-            continue
-        assert array.shape == (1, max(1, len(history)))
-        assert [v.decode() for v in array[0] if v] == history
-        # Every record replays through the SavedModel.
-        out = saved_model(history=tf.constant(array))
-        assert out["item_ids"].shape == (1, 5) and np.isfinite(out["scores"].numpy()).all()
-
-    # The server replays them when it loads the version (a failing record fails the load).
-    caplog.set_level(logging.INFO, logger="tfmarl.serving")
-    with ModelServer(version.parent, poll_seconds=0) as server:
-        assert server.versions == [1]
-    assert "(9 warm-up requests)" in caplog.text
-    for bad in (b"garbage" * 4, None):
-        if bad is None:  # well-formed records for a signature the model lacks
-            write_warmup_requests(version, [["m1"]], signature="nope")
-        else:
-            path.write_bytes(bad)
-        caplog.clear()
-        with ModelServer(version.parent, poll_seconds=0) as server:
-            assert server.versions == []
-        assert "loading version 1 failed" in caplog.text
-
-
-def test_warmup_argument_errors(tmp_path, cycle_vocab):
-    with pytest.raises(ValueError):
-        write_warmup_requests(tmp_path, [])
-    with pytest.raises(TypeError):
-        write_warmup_requests(tmp_path, ["m1"])  # a string is not a history
-    assert read_warmup_requests(tmp_path) == []
-    capped = default_warmup_histories(["a", "b"], n=3, lengths=(5,))
-    assert len(capped) == 3 and all(sorted(h) == ["a", "b"] for h in capped)  # capped at the catalog size
-    assert default_warmup_histories(cycle_vocab, seed=1) == default_warmup_histories(cycle_vocab, seed=1)

@@ -1,0 +1,259 @@
+"""`MultiAgentLearner`: centralised training of the agents' RL heads, one joint TD step at a time.
+
+Every train step encodes the sampled observations and next observations in **one pass** of the
+shared agents (`MultiAgentNetwork.encode`), evaluates every head on it, and takes one gradient
+step on the sum of the heads' TD losses:
+
+- critic (System agent): Double DQN on the global reward,
+  ``y = r + gamma * Q'(s', argmax_c Q(s', c))``;
+- interest head (User agent) and proposal heads (Content agents): their own rewards, bootstrapped
+  from the centralised critic's target, ``y = r_role + gamma * max_c Q'_critic(s', c)``; without a
+  critic (the ablation) each head bootstraps from its own target (a proposal head over its
+  domain's candidates only).
+
+Losses are TF-Agents' (element-wise Huber, per-example weights, transitions out of a LAST step
+masked); each head's gradients are clipped by their global norm. With ``trainable_encoders`` the
+agents' layers fine-tune end to end at ``encoder_learning_rate``; otherwise only the heads learn.
+The target network is a copy of the whole network, synced every ``target_update_period`` steps.
+
+TF-Agents' `DqnAgent` trains one Q-network per `train` call, so it cannot share one encoder pass
+between several heads: this learner keeps TF-Agents' pieces (Network, specs, losses, `Periodically`
+target updates, replay buffer and checkpointer in the trainer) and writes the joint step itself.
+
+Distribution: build the learner inside ``strategy.scope()`` (or pass ``strategy``); `train`
+runs the step on every replica with ``strategy.run``, each replica taking its share of the sampled
+batch, and the optimizers sum the replicas' gradients (losses are scaled by the global batch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tf_agents.specs import tensor_spec
+from tf_agents.trajectories import time_step as ts
+from tf_agents.utils import common
+
+from tfmarl.rl.multiagent.composition import compose_slate
+from tfmarl.rl.multiagent.networks import MultiAgentNetwork
+
+
+def _counter(name):
+    return tf.Variable(0, dtype=tf.int64, name=name, trainable=False,
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
+class MultiAgentLearner:
+    """The agents' RL heads for a `CandidateSessionEnvironment` with ``item_facets``, and their
+    joint training step.
+
+    Args:
+      env: the environment (for specs, slate size and session cap).
+      model: the pretrained `SequentialRecommender` whose agents the network is built from (and
+        warm-started with).
+      facets: a `Facets` (item facets, centroids, facet -> domain).
+      use_critic: without it (the no-critic ablation) every head bootstraps from itself and the
+        composition falls back on the proposal heads' values.
+      num_content_agents: 1 merges all domains into a single Content agent (an ablation);
+        default one per domain.
+      trainable_encoders: fine-tune the User, Content and System agents' layers end to end
+        (default: frozen, only the heads learn).
+      learning_rate: the heads'; encoder_learning_rate: the agents' layers' when trainable.
+      target_entropy: the interest policy's entropy target, as a fraction of log(F).
+      strategy: a `tf.distribute.Strategy` to build and train under (default: the current one).
+    """
+
+    def __init__(self, env, model, facets, *, use_critic: bool = True, num_content_agents: int | None = None,
+                 trainable_encoders: bool = False, gamma: float = 0.9, learning_rate: float = 1e-3,
+                 encoder_learning_rate: float = 1e-4, hidden_units=(64,), target_update_period: int = 100,
+                 gradient_clipping: float | None = 10.0, target_entropy: float = 0.7,
+                 initial_temperature: float = 1.0, strategy: tf.distribute.Strategy | None = None):
+        self.facets = facets
+        self.use_critic = bool(use_critic)
+        self.trainable_encoders = bool(trainable_encoders)
+        self.gamma = float(gamma)
+        self.gradient_clipping = gradient_clipping
+        self.num_content_agents = int(num_content_agents or facets.num_domains)
+        if self.num_content_agents not in (1, facets.num_domains):
+            raise ValueError(f"num_content_agents must be 1 or the number of domains ({facets.num_domains})")
+        self.domains = ([np.arange(facets.num_facets, dtype=np.int32)] if self.num_content_agents == 1
+                        else [facets.domain_facets(d) for d in range(facets.num_domains)])
+        facet_owner = np.zeros(facets.num_facets, np.int32)
+        for m, owned in enumerate(self.domains):
+            facet_owner[owned] = m
+        self.facet_owner = tf.constant(facet_owner)
+        self.slate_size = env.session.config.slate_size
+        history_length = int(env.observation_spec()["history"].shape[0])
+        if model.user_agent.encoder == "transformer" and history_length > model.user_agent.max_length:
+            raise ValueError(f"the environment shows {history_length} history items but the transformer User agent "
+                             f"covers max_length={model.user_agent.max_length}: lower SessionConfig.history_length")
+        observation_spec = tensor_spec.from_spec(env.observation_spec())
+        self._distributed = strategy is not None or tf.distribute.has_strategy()
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.network = MultiAgentNetwork(
+                observation_spec, model.user_agent.get_config(), model.content_agent.get_config(),
+                model.system_agent.get_config(), facets.centroids, self.num_content_agents, use_critic=use_critic,
+                hidden_units=tuple(hidden_units), max_steps=env.session.config.max_steps, name="multiagent")
+            self.network.warm_start(model)
+            self.target_network = self.network.copy(name="multiagent_target")
+            self.target_network.create_variables()
+            common.soft_variables_update(self.network.variables, self.target_network.variables, tau=1.0)
+            self.optimizer = tf.keras.optimizers.Adam(learning_rate)
+            self.encoder_optimizer = tf.keras.optimizers.Adam(encoder_learning_rate) if trainable_encoders else None
+            self.log_temperature = tf.Variable(np.log(initial_temperature), dtype=tf.float32, name="log_temperature")
+            self.temperature_optimizer = tf.keras.optimizers.Adam(0.01)
+            self.train_step = _counter("multiagent_train_step")
+            self._update_target = common.Periodically(
+                lambda: common.soft_variables_update(self.network.variables, self.target_network.variables, tau=1.0),
+                target_update_period, "update_target_network")
+        self.target_entropy = float(target_entropy) * float(np.log(facets.num_facets))
+
+    # --- names -------------------------------------------------------------------------------
+    @property
+    def heads(self) -> list:
+        """The heads' names: ``interest`` (User agent), ``proposal_<m>`` (Content agents),
+        ``critic`` (System agent)."""
+        return ["interest", *(f"proposal_{m}" for m in range(self.num_content_agents))] + (
+            ["critic"] if self.use_critic else [])
+
+    @property
+    def variables(self) -> list:
+        """What an export must hold: the online network's variables and the temperature."""
+        return [self.log_temperature, *self.network.variables]
+
+    def checkpoint_objects(self) -> dict:
+        objects = {"network": self.network, "target_network": self.target_network, "optimizer": self.optimizer,
+                   "log_temperature": self.log_temperature, "temperature_optimizer": self.temperature_optimizer,
+                   "train_step": self.train_step, "update_target": self._update_target}
+        if self.encoder_optimizer is not None:
+            objects["encoder_optimizer"] = self.encoder_optimizer
+        return objects
+
+    @property
+    def temperature(self):
+        return tf.exp(self.log_temperature)
+
+    # --- acting ------------------------------------------------------------------------------
+    def owner_values(self, proposals, candidate_facets):
+        """Each candidate's value by its owning Content agent: [B, M, N] -> [B, N]."""
+        owner = tf.gather(self.facet_owner, tf.cast(candidate_facets, tf.int32))
+        return tf.gather(tf.transpose(proposals, [0, 2, 1]), owner, batch_dims=2)
+
+    def values(self, observation):
+        """(interest Q [B, F], proposal Q per candidate by its owner [B, N], critic Q [B, N] or None)."""
+        out, _ = self.network(observation, training=False)
+        return (out["interest"], self.owner_values(out["proposals"], observation["candidate_facets"]),
+                out.get("critic"))
+
+    def facet_probabilities(self, q_interest):
+        return tf.nn.softmax(q_interest / self.temperature, axis=-1)
+
+    def act(self, observation, sample: bool = False, seed=None):
+        """Slate positions [B, K] (decentralised execution) and the facet probabilities."""
+        q_interest, content_q, critic_q = self.values(observation)
+        probs = self.facet_probabilities(q_interest)
+        positions, _ = compose_slate(probs, content_q, critic_q, observation["candidate_facets"], self.slate_size,
+                                     sample=sample, seed=seed)
+        return positions, probs
+
+    # --- training ----------------------------------------------------------------------------
+    def _domain_masks(self, candidate_facets):
+        """[B, M, N]: the candidates each Content agent may propose (one kept valid where none is)."""
+        owner = tf.gather(self.facet_owner, tf.cast(candidate_facets, tf.int32))  # [B, N]
+        mask = tf.equal(owner[:, None, :], tf.range(self.num_content_agents)[None, :, None])
+        none = ~tf.reduce_any(mask, -1, keepdims=True)
+        return mask | (none & tf.one_hot(0, tf.shape(mask)[-1], on_value=True, off_value=False)[None, None])
+
+    def _bootstrap(self, online_next, target_next, next_facets) -> dict:
+        """max-Q of the next observation for every head's TD target."""
+        if self.use_critic:
+            critic = target_next["critic"]
+            best = tf.argmax(online_next["critic"], axis=-1, output_type=tf.int32)
+            shared = tf.reduce_max(critic, -1)
+            out = {name: shared for name in self.heads}
+            out["critic"] = tf.gather(critic, best, batch_dims=1)  # Double DQN
+            return out
+        out = {"interest": tf.reduce_max(target_next["interest"], -1)}
+        masked = tf.where(self._domain_masks(next_facets), target_next["proposals"], -np.inf)
+        for m in range(self.num_content_agents):
+            out[f"proposal_{m}"] = tf.reduce_max(masked[:, m], -1)
+        return out
+
+    def _replica_step(self, sample, global_batch: int):
+        ctx = tf.distribute.get_replica_context()
+        n, i = ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
+        if n > 1:  # this replica's share of the sampled batch
+            sample = tf.nest.map_structure(lambda t: t[i::n], sample)
+        now = tf.nest.map_structure(lambda t: t[:, 0], sample["observation"])
+        nxt = tf.nest.map_structure(lambda t: t[:, 1], sample["observation"])
+        b = tf.shape(sample["step_type"])[0]
+        valid = tf.cast(~tf.equal(sample["step_type"][:, 0], ts.StepType.LAST), tf.float32)
+        discount = tf.cast(sample["discount"][:, 0], tf.float32)
+        target_next, _ = self.target_network(nxt, training=False)
+        # One variable group per head (clipped on its own, as TF-Agents clips each agent's), and
+        # the agents' layers when they fine-tune.
+        groups = [self.network.head(name).trainable_variables for name in self.heads]
+        if self.trainable_encoders:
+            groups.append(self.network.encoder_variables)
+        with tf.GradientTape() as tape:
+            both = tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), now, nxt)
+            state, items = self.network.encode(both)  # the one shared pass
+            out = self.network.heads(state, items, both["step"])
+            current = tf.nest.map_structure(lambda t: t[:b], out)
+            online_next = tf.nest.map_structure(lambda t: tf.stop_gradient(t[b:]), out)
+            bootstrap = self._bootstrap(online_next, target_next, nxt["candidate_facets"])
+            losses = {}
+            for name in self.heads:
+                values = (current[name] if name in ("interest", "critic")
+                          else current["proposals"][:, int(name.split("_")[1])])
+                action = tf.cast(sample["actions"][name][:, 0], tf.int32)
+                q = tf.gather(values, action, batch_dims=1)
+                y = tf.stop_gradient(tf.cast(sample["rewards"][name][:, 0], tf.float32)
+                                     + self.gamma * discount * bootstrap[name])
+                per_example = common.element_wise_huber_loss(y, q) * valid * sample["weights"][name][:, 0]
+                losses[name] = tf.reduce_sum(per_example) / tf.cast(global_batch, tf.float32)
+            total = tf.add_n(list(losses.values()))
+        grads = tape.gradient(total, [v for group in groups for v in group])
+        head_updates, start = [], 0
+        for index, group in enumerate(groups):
+            pairs = self._clip(grads[start:start + len(group)], group)
+            start += len(group)
+            if index < len(self.heads):
+                head_updates += pairs
+            else:
+                self.encoder_optimizer.apply_gradients(pairs)
+        self.optimizer.apply_gradients(head_updates)
+        losses["entropy"] = self._temperature_step(tf.stop_gradient(current["interest"]), n)
+        self.train_step.assign_add(1)
+        self._update_target()
+        return losses
+
+    def _clip(self, grads, variables) -> list:
+        """(gradient, variable) pairs of one group, clipped by their global norm."""
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if self.gradient_clipping and pairs:
+            clipped, _ = tf.clip_by_global_norm([g for g, _ in pairs], self.gradient_clipping)
+            pairs = list(zip(clipped, [v for _, v in pairs]))
+        return pairs
+
+    def _temperature_step(self, q_interest, num_replicas: int):
+        """One step of the temperature toward the target entropy (it grows when the interest
+        policy is too certain). Returns the policy entropy (of this replica's share)."""
+        with tf.GradientTape() as tape:
+            probs = tf.nn.softmax(q_interest / tf.exp(self.log_temperature), axis=-1)
+            entropy = -tf.reduce_mean(tf.reduce_sum(probs * tf.math.log(probs + 1e-12), axis=-1))
+            loss = self.log_temperature * tf.stop_gradient(entropy - self.target_entropy) / float(num_replicas)
+        self.temperature_optimizer.apply_gradients([(tape.gradient(loss, self.log_temperature), self.log_temperature)])
+        return entropy
+
+    def train(self, sample) -> dict:
+        """One joint step on ``sample`` (the trainer's replay layout, [batch, 2] per field): every
+        head's loss (global mean) and the interest policy's entropy."""
+        global_batch = sample["step_type"].shape[0] or tf.shape(sample["step_type"])[0]
+        if not self._distributed:
+            return self._replica_step(sample, global_batch)
+        per_replica = self.strategy.run(self._replica_step, args=(sample, global_batch))
+        out = {name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+               for name, value in per_replica.items() if name != "entropy"}
+        out["entropy"] = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica["entropy"], axis=None)
+        return out
