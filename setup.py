@@ -29,6 +29,7 @@ setup(
         "tensorflow-text==2.21.1",
         "tensorboard==2.21.0",
         "tensorflow-serving-api==2.21.0",
+        "grpcio>=1.60",  # tfmarl serve's gRPC API
         "numpy>=1.26,<3",
         "pandas>=2.1",
         "pyarrow>=14",

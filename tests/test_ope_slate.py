@@ -92,14 +92,15 @@ def test_slate_estimators_match_a_brute_force_computation():
     brute = _brute_force(log, target)
     for name, est in (("sips", sips), ("iips", iips), ("rips", rips), ("pi", pseudo_inverse)):
         assert est(log, target, num_bootstrap=0).value == pytest.approx(brute[name], rel=1e-12), name
-    # Cascade-DR with fixed predictions q[i, k, 0] (logged item) and q[i, k, 1 + s] (target support).
-    q = np.random.default_rng(0).random((len(log), K, 1 + K))
+    # Cascade-DR with fixed predictions q[i, k, 0] (logged item) and q[i, k, 1] (the deterministic
+    # target's own item at position k).
+    q = np.random.default_rng(0).random((len(log), K, 2))
     w = target.cascade / log.cascade_propensities
     total = 0.0
     for i in range(len(log)):
         for k in range(K):
             before = 1.0 if k == 0 else w[i, k - 1]
-            total += w[i, k] * (log.rewards[i, k] - q[i, k, 0]) + before * q[i, k, 1 + k]
+            total += w[i, k] * (log.rewards[i, k] - q[i, k, 0]) + before * q[i, k, 1]
     assert cascade_dr(log, target, q, num_bootstrap=0).value == pytest.approx(total / len(log), rel=1e-12)
 
 

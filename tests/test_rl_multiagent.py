@@ -128,9 +128,9 @@ def make_trainer(env, tmp=None, **learner_kwargs):
 @pytest.fixture(scope="module")
 def trained():
     env = FacetWorld()
-    roles, trainer = make_trainer(env)
+    learner, trainer = make_trainer(env)
     result = trainer.run(250, log_every=50)
-    return env, roles, result
+    return env, learner, result
 
 
 def group_observation(env, group):
@@ -140,29 +140,29 @@ def group_observation(env, group):
 
 
 def test_user_agent_learns_which_facet_pays_for_each_group(trained):
-    env, roles, _ = trained
+    env, learner, _ = trained
     for group, good in ((1, 0), (0, 2)):
-        probs = roles.facet_probabilities(roles.values(group_observation(env, group))[0]).numpy()
+        probs = learner.facet_probabilities(learner.values(group_observation(env, group))[0]).numpy()
         assert probs.argmax(1).tolist() == [good] * B, (group, probs[0])
 
 
 def test_content_agents_and_composed_slate_serve_the_paying_facet(trained):
-    env, roles, _ = trained
+    env, learner, _ = trained
     for group, good in ((1, 0), (0, 2)):
-        positions, _ = roles.act(group_observation(env, group))
+        positions, _ = learner.act(group_observation(env, group))
         facets = ITEM_FACET[ITEMS[positions.numpy()]]
         assert (facets == good).any(1).all()
         # The owning Content agent values its paying facet's items above its other facet's.
-        q = roles.network(group_observation(env, group))[0]["proposals"].numpy()[0, FACETS.facet_domain[good]]
+        q = learner.network(group_observation(env, group))[0]["proposals"].numpy()[0, FACETS.facet_domain[good]]
         paying = ITEM_FACET[ITEMS] == good
         other = ITEM_FACET[ITEMS] == (good + 1)
         assert q[paying].mean() > q[other].mean()
 
 
 def test_critic_learns_values_and_training_improves_return(trained):
-    env, roles, result = trained
+    env, learner, result = trained
     obs = group_observation(env, 1)
-    q = roles.network(obs)[0]["critic"].numpy()[0]
+    q = learner.network(obs)[0]["critic"].numpy()[0]
     assert q[ITEM_FACET[ITEMS] == 0].mean() > q[ITEM_FACET[ITEMS] == 3].mean()
     returns = [p["session_return"] for p in result.curve if "session_return" in p]
     assert returns[-1] > returns[0] and returns[-1] > 3.5  # 5 steps, up to one click each
@@ -183,14 +183,14 @@ def logged_feedback(steps, seed=1):
 def test_heads_learn_from_a_stream_of_logged_feedback(tmp_path):
     env = FacetWorld()
     env.step = env.reset = None  # learning from the stream never steps the environment
-    roles, trainer = make_trainer(env, tmp_path / "ckpt")
+    learner, trainer = make_trainer(env, tmp_path / "ckpt")
     exported = []
     result = trainer.learn_from(logged_feedback(250), log_every=50, export_every=100, export_fn=exported.append)
     assert result.start_step == 0 and result.steps == 250 and exported == [100, 200]
     assert [p["step"] for p in result.curve] == [50, 100, 150, 200, 250]
     observed = FacetWorld()
     for group, good in ((1, 0), (0, 2)):  # the facet that pays for each group, learned off-policy
-        probs = roles.facet_probabilities(roles.values(group_observation(observed, group))[0]).numpy()
+        probs = learner.facet_probabilities(learner.values(group_observation(observed, group))[0]).numpy()
         assert probs.argmax(1).tolist() == [good] * B, (group, probs[0])
     # The stream continues where it stopped, after a restart too.
     _, resumed = make_trainer(env, tmp_path / "ckpt")
@@ -204,9 +204,9 @@ def test_heads_learn_from_a_stream_of_logged_feedback(tmp_path):
 
 
 def test_temperature_tracks_the_entropy_target(trained):
-    _, roles, result = trained
+    _, learner, result = trained
     assert result.curve[-1]["temperature"] != pytest.approx(1.0)
-    assert abs(result.curve[-1]["facet_entropy"] - roles.target_entropy) < 0.5
+    assert abs(result.curve[-1]["facet_entropy"] - learner.target_entropy) < 0.5
 
 
 def test_adaptive_reward_weights_follow_their_constraints():
@@ -233,9 +233,9 @@ def test_adaptive_reward_weights_follow_their_constraints():
 def test_reward_weights_move_during_training_when_a_floor_is_violated():
     env = FacetWorld()
     tf.keras.utils.set_random_seed(0)
-    roles = make_learner(env, hidden_units=(8,))
+    learner = make_learner(env, hidden_units=(8,))
     reward = AdaptiveReward({"diversity": 5.0, "novelty": 0.0})  # diversity can never reach 5
-    trainer = MultiAgentTrainer(roles, env, VECTORS, np.ones(NUM_ITEMS), reward=reward, warmup_steps=2)
+    trainer = MultiAgentTrainer(learner, env, VECTORS, np.ones(NUM_ITEMS), reward=reward, warmup_steps=2)
     result = trainer.run(20, log_every=5)
     weights = [p["weight/diversity"] for p in result.curve]
     assert weights == sorted(weights) and weights[-1] > 0
@@ -272,9 +272,9 @@ def test_facets_cluster_item_vectors():
 
 def test_ablations_construct_and_train():
     for kwargs in ({"use_critic": False}, {"num_content_agents": 1}):
-        roles, trainer = make_trainer(FacetWorld(), **kwargs)
-        assert ("critic" in roles.heads) == kwargs.get("use_critic", True)
-        assert roles.num_content_agents == (1 if "num_content_agents" in kwargs else 2)
+        learner, trainer = make_trainer(FacetWorld(), **kwargs)
+        assert ("critic" in learner.heads) == kwargs.get("use_critic", True)
+        assert learner.num_content_agents == (1 if "num_content_agents" in kwargs else 2)
         result = trainer.run(12, log_every=6)
         assert any(k.startswith("loss/") for k in result.curve[-1])
     with pytest.raises(ValueError, match="num_content_agents"):
@@ -282,23 +282,23 @@ def test_ablations_construct_and_train():
 
 
 def test_interrupted_training_resumes_every_head(tmp_path):
-    roles, trainer = make_trainer(FacetWorld(), tmp=tmp_path)
+    learner, trainer = make_trainer(FacetWorld(), tmp=tmp_path)
     trainer.run(30, checkpoint_every=10)
-    saved = [v.numpy().copy() for v in roles.network.variables + roles.target_network.variables]
+    saved = [v.numpy().copy() for v in learner.network.variables + learner.target_network.variables]
     saved_weights = dict(trainer.reward.weights)
-    saved_temperature = float(roles.log_temperature.numpy())
-    saved_optimizer_steps = int(roles.temperature_optimizer.iterations.numpy())
+    saved_temperature = float(learner.log_temperature.numpy())
+    saved_optimizer_steps = int(learner.temperature_optimizer.iterations.numpy())
     continuation = np.random.Generator(type(trainer._rng.bit_generator)())
     continuation.bit_generator.state = trainer._rng.bit_generator.state
     expected = continuation.random(5)  # what the exploration stream would draw next
-    fresh_roles, fresh = make_trainer(FacetWorld(seed=1), tmp=tmp_path)
+    fresh_learner, fresh = make_trainer(FacetWorld(seed=1), tmp=tmp_path)
     assert int(fresh.global_step.numpy()) == 30
-    assert int(fresh_roles.temperature_optimizer.iterations.numpy()) == saved_optimizer_steps > 0
+    assert int(fresh_learner.temperature_optimizer.iterations.numpy()) == saved_optimizer_steps > 0
     np.testing.assert_array_equal(fresh._rng.random(5), expected)  # exploration continues its stream
-    for variable, value in zip(fresh_roles.network.variables + fresh_roles.target_network.variables, saved):
+    for variable, value in zip(fresh_learner.network.variables + fresh_learner.target_network.variables, saved):
         np.testing.assert_allclose(variable.numpy(), value)
-    assert int(fresh_roles.train_step.numpy()) == int(roles.train_step.numpy()) > 0
-    assert float(fresh_roles.log_temperature.numpy()) == pytest.approx(saved_temperature)
+    assert int(fresh_learner.train_step.numpy()) == int(learner.train_step.numpy()) > 0
+    assert float(fresh_learner.log_temperature.numpy()) == pytest.approx(saved_temperature)
     assert fresh.reward.weights == saved_weights
     assert int(fresh.replay.num_frames()) > 0
     result = fresh.run(40)
@@ -325,11 +325,11 @@ def test_streaming_exports_refreshed_versions_and_they_load_without_tfmarl(tmp_p
     env = CandidateSessionEnvironment(
         SessionEnvironment(user_model, SessionConfig(slate_size=3, history_length=5), batch_size=8, seed=0),
         retriever, 12, item_facets=facets.item_facet)
-    roles = MultiAgentLearner(env, model, facets, hidden_units=(8,))
-    trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, np.ones(model.num_items), warmup_steps=2)
+    learner = MultiAgentLearner(env, model, facets, hidden_units=(8,))
+    trainer = MultiAgentTrainer(learner, env, retriever.item_vectors, np.ones(model.num_items), warmup_steps=2)
     export = lambda step: export_candidate_recommender(  # noqa: E731
-        model, multiagent_scorer(roles, history_length=5), tmp_path / "marl",
-        variables=roles.variables, k=3, num_candidates=12, metadata={"step": step})
+        model, multiagent_scorer(learner, history_length=5), tmp_path / "marl",
+        variables=learner.variables, k=3, num_candidates=12, metadata={"step": step})
     result = trainer.run(12, export_every=6, export_fn=export)
     assert [os.path.basename(p) for p in result.exports] == ["1", "2"]
     code = f"""
@@ -359,10 +359,10 @@ print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "scores"
     requests = model.item_vocabulary.decode(history).astype(str)
     serve = tf.saved_model.load(str(tmp_path / "marl" / "2")).signatures["serving_default"]
     served = serve(history=tf.constant(requests))["item_ids"].numpy().astype(str)
-    slates = MultiAgentSlatePolicy(roles, retriever)({"history": history, "step": np.zeros(len(history), np.int32)})
+    slates = MultiAgentSlatePolicy(learner, retriever)({"history": history, "step": np.zeros(len(history), np.int32)})
     np.testing.assert_array_equal(served, model.item_vocabulary.decode(slates).astype(str))
-    # ... and, like the roles in training, sees only the last history_length items of a longer history.
-    score = multiagent_scorer(roles, history_length=5)
+    # ... and, like the learner in training, sees only the last history_length items of a longer history.
+    score = multiagent_scorer(learner, history_length=5)
     assert (history > 1).all()  # every visible history is full: 5 known items
     longer = np.concatenate([np.roll(history, 1, axis=1), history], axis=1)  # 10 items, the same last 5
     candidates = tf.constant(retriever(history)["candidates"])

@@ -122,10 +122,27 @@ class RLConfig:
 
 
 @dataclasses.dataclass
+class ImpressionsConfig:
+    """A held-out impression log (`tfmarl.data.load_bandit_feedback` columns) for off-policy
+    evaluation and simulator validation; ``path: null`` skips both."""
+    path: typing.Optional[str] = None
+    round: str = "round_id"
+    position: str = "position"
+    item: str = "item_id"
+    reward: str = "reward"
+    propensity: typing.Optional[str] = "propensity"
+    conditional_propensity: typing.Optional[str] = None
+    history: typing.Optional[str] = "history"
+    user: typing.Optional[str] = "user_id"
+    estimator: str = choice("iips", "iips", "sips", "rips", "pseudo_inverse", "cascade_dr")
+
+
+@dataclasses.dataclass
 class EvaluateConfig:
     ks: list = dataclasses.field(default_factory=lambda: [10])
     episodes: int = 500
     baselines: list = dataclasses.field(default_factory=lambda: ["random", "popular", "greedy"])
+    impressions: ImpressionsConfig = dataclasses.field(default_factory=ImpressionsConfig)
 
 
 @dataclasses.dataclass

@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--users", default="heldout", choices=["train", "heldout", "all"])
     simulate.add_argument("--seed", type=int, default=0)
     command("config", "print the default YAML config", cmd_config)
-    serve = command("serve", "serve a model base path over TF Serving's REST API", cmd_serve)
+    serve = command("serve", "serve a model base path over TF Serving's REST (8501) and gRPC (8500) APIs", cmd_serve)
     from tfmarl.serving.server import add_arguments
 
     add_arguments(serve)

@@ -187,6 +187,7 @@ class Pipeline:
     def stage_pretrain(self, reuse: bool) -> None:
         import tensorflow as tf
 
+        from tfmarl.progress import epoch_lines, is_terminal
         from tfmarl.training import pretrain
         from tfmarl.training.monitoring import write_embedding_projector
 
@@ -198,11 +199,13 @@ class Pipeline:
             model.load_weights(str(out / "weights" / "model")).expect_partial()
             history = json.loads((out / "history.json").read_text())
         else:
+            terminal = is_terminal(sys.stdout)  # a bar per epoch there; one plain line per epoch elsewhere
             result = pretrain(model, s["split"].train, s["split"].valid, epochs=cfg.epochs, batch_size=cfg.batch_size,
                               learning_rate=cfg.learning_rate, patience=cfg.patience, seed=self.config.seed,
                               log_dir=self.run_dir / "tensorboard" / "pretrain",
                               checkpoint_dir=self._checkpoints("pretrain"), histogram_freq=1,
-                              verbose=1 if self.progress and sys.stdout.isatty() else 2)
+                              verbose=1 if self.progress and terminal else 0,
+                              callbacks=[epoch_lines(cfg.epochs)] if self.progress and not terminal else [])
             history = {**result.history, "best_epoch": result.best_epoch, "best_val_ndcg@10": result.best_metric,
                        "targets_per_second": result.targets_per_second, "train_seconds": result.train_seconds}
             out.mkdir(parents=True, exist_ok=True)
@@ -303,8 +306,40 @@ class Pipeline:
             self.say(f"   {name:>12}: return {online[name]['return_mean']:.2f}, CTR {online[name]['ctr_mean']:.3f}, "
                      f"length {online[name]['session_length_mean']:.1f}, diversity {online[name]['diversity']:.3f}")
         metrics = {"ranking": ranking, "online": online, "episodes": cfg.episodes, "users": "heldout"}
+        if cfg.impressions.path:
+            metrics["offline"] = self._evaluate_offline(chosen)
         atomic_write_text(path, json.dumps(metrics, indent=2))
         s["metrics"] = metrics
+
+    def _evaluate_offline(self, policies: dict) -> dict:
+        """Off-policy estimates of every policy (and of its gain over the logging policy) on the
+        held-out impression log, and how well the fitted simulator agrees with that log."""
+        from tfmarl.data import load_bandit_feedback
+        from tfmarl.evaluation import evaluate_policy_offline, validate_simulator
+
+        cfg, s = self.config.evaluate.impressions, self.state
+        log = load_bandit_feedback(cfg.path, round=cfg.round, position=cfg.position, item=cfg.item,
+                                   reward=cfg.reward, propensity=cfg.propensity,
+                                   conditional_propensity=cfg.conditional_propensity, history=cfg.history,
+                                   user=cfg.user, items=s["vocab"])
+        estimates = {}
+        for name, policy in policies.items():
+            if name == "random":  # a stochastic policy: no deterministic target slates to score
+                continue
+            value = evaluate_policy_offline(log, policy, estimators=(cfg.estimator,), seed=self.config.seed)
+            gain = evaluate_policy_offline(log, policy, estimators=(cfg.estimator,), versus_logging=True,
+                                           seed=self.config.seed)
+            estimates[name] = {"value": dataclasses.asdict(value[cfg.estimator]),
+                               "minus_logging": dataclasses.asdict(gain[cfg.estimator])}
+            self.say(f"   offline {name:>12}: {value[cfg.estimator]}; minus logging {gain[cfg.estimator]}")
+        validation = validate_simulator(s["user_model"], log, config=self._session_config(),
+                                        policies={k: v for k, v in policies.items() if k != "random"},
+                                        estimator=cfg.estimator, seed=self.config.seed)
+        for line in validation.format().splitlines():
+            self.say(f"   {line}")
+        validation.plot_calibration(self.run_dir / "calibration.png")
+        return {"estimator": cfg.estimator, "log": str(cfg.path), "rounds": len(log), "policies": estimates,
+                "simulator_validation": validation.to_dict()}
 
     def stage_export(self, reuse: bool) -> None:
         from tfmarl.export import export_recommender

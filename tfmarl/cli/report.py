@@ -129,6 +129,18 @@ def write_report(run_dir, config, state, timings) -> pathlib.Path:
                                         "satisfaction_mean", "coverage", "diversity"]), "",
                   "![policies](policies.png)", ""]
         _plot_policies(run_dir / "policies.png", metrics["online"])
+    offline = metrics.get("offline")
+    if offline:
+        rows = [{"policy": name, "estimate": e["value"]["value"], "ci_low": e["value"]["ci_low"],
+                 "ci_high": e["value"]["ci_high"], "minus_logging": e["minus_logging"]["value"]}
+                for name, e in offline["policies"].items()]
+        v = offline["simulator_validation"]
+        lines += [f"## Off-policy evaluation ({offline['estimator']}, {offline['rounds']:,} logged impressions)", "",
+                  markdown_table(rows, ["policy", "estimate", "ci_low", "ci_high", "minus_logging"]), "",
+                  f"Simulator against the log: click AUC {v['auc']:.3f}, log loss {v['log_loss']:.4f}, "
+                  f"calibration error {v['calibration_error']:.4f}"
+                  + (f", policy-ranking agreement (Kendall tau) {v['kendall_tau']:.3f}" if v.get("kendall_tau")
+                     is not None else "") + ".", "", "![calibration](calibration.png)", ""]
     rl = state.get("rl", {})
     if rl.get("curve"):
         lines += ["## RL training", "", f"`{rl['algorithm']}`, {rl['steps']} steps, "

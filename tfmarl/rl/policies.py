@@ -57,6 +57,20 @@ class PopularSlatePolicy(SlatePolicy):
         return self._order[rank]
 
 
+def fit_history(history, length: int) -> np.ndarray:
+    """Histories of any width as the networks observe them in training: each row's known items
+    (index >= 2), their last ``length``, right-padded with 0 to ``length`` columns, int32."""
+    history = np.asarray(history, np.int32)
+    if history.shape[1] == length and ((history >= 2) | (history == 0)).all() and \
+            not ((history[:, :-1] == 0) & (history[:, 1:] != 0)).any():
+        return history  # already right-padded known items
+    out = np.zeros((len(history), length), np.int32)
+    for row, items in enumerate(history):
+        known = items[items >= 2][-length:]
+        out[row, :len(known)] = known
+    return out
+
+
 def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores per row, best first (ties to the lower index)."""
     return np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
@@ -141,6 +155,8 @@ class QSlatePolicy(SlatePolicy):
         self._q_values = tf.function(lambda obs: q_network(obs, training=False)[0])
 
     def q_values(self, observation) -> np.ndarray:
+        length = int(self._q.input_tensor_spec["history"].shape[0])
+        observation = dict(observation, history=fit_history(observation["history"], length))
         obs = {k: tf.constant(np.asarray(observation[k], np.int32)) for k in ("history", "step", "candidates")}
         return self._q_values(obs).numpy()
 

@@ -139,7 +139,8 @@ def cascade_dr(log: SlateLog, target: SlateTarget, reward_model=None, *, num_fol
     Args:
       reward_model: None (a `TableRewardModel`, cross-fitted in ``num_folds`` folds and refitted
         on each bootstrap resample), a model object with ``fit`` (the same), or fixed predictions
-        float [n, K, 1 + S]: r̂ of the logged item (column 0) and of each support item.
+        float [n, K, 1 + S]: r̂ of the logged item (column 0) and of each support item (for a
+        deterministic target, whose ``slates`` are set, S = 1: its own item at position k).
     """
     _check(log, target)
     cascade = _cascade(log, "cascade_dr")
@@ -149,12 +150,16 @@ def cascade_dr(log: SlateLog, target: SlateTarget, reward_model=None, *, num_fol
     n, k = log.slates.shape
     weights = target.cascade / cascade
     before = np.concatenate([np.ones((n, 1)), weights[:, :-1]], axis=1)
-    items = np.concatenate([log.slates[:, :, None],
-                            np.broadcast_to(target.support[:, None, :], (n, k, target.support.shape[1]))], axis=2)
+    if target.slates is not None:  # deterministic: position k places its own slate item only
+        support_items, support_probs = target.slates[:, :, None], np.ones((n, k, 1))
+    else:
+        support_items = np.broadcast_to(target.support[:, None, :], (n, k, target.support.shape[1]))
+        support_probs = target.support_probs
+    items = np.concatenate([log.slates[:, :, None], support_items], axis=2)
 
     def make_terms(predictions):
         logged, support = predictions[:, :, 0], predictions[:, :, 1:]
-        baseline = np.sum(target.support_probs * support, axis=2)
+        baseline = np.sum(support_probs * support, axis=2)
         return mean_terms(np.sum(weights * (log.rewards - logged) + before * baseline, axis=1), weights.mean(axis=1))
 
     logged_reward = log.slate_rewards if versus_logging else None

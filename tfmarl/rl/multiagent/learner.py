@@ -189,7 +189,6 @@ class MultiAgentLearner:
         b = tf.shape(sample["step_type"])[0]
         valid = tf.cast(~tf.equal(sample["step_type"][:, 0], ts.StepType.LAST), tf.float32)
         discount = tf.cast(sample["discount"][:, 0], tf.float32)
-        target_next, _ = self.target_network(nxt, training=False)
         # One variable group per head (clipped on its own, as TF-Agents clips each agent's), and
         # the agents' layers when they fine-tune.
         groups = [self.network.head(name).trainable_variables for name in self.heads]
@@ -198,9 +197,18 @@ class MultiAgentLearner:
         with tf.GradientTape() as tape:
             both = tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), now, nxt)
             state, items = self.network.encode(both)  # the one shared pass
-            out = self.network.heads(state, items, both["step"])
-            current = tf.nest.map_structure(lambda t: t[:b], out)
-            online_next = tf.nest.map_structure(lambda t: tf.stop_gradient(t[b:]), out)
+            current = self.network.heads(state[:b], items[:b], now["step"])
+            # Of the next observations only the critic's online values are needed (Double DQN's argmax).
+            online_next = tf.nest.map_structure(tf.stop_gradient, self.network.heads(
+                state[b:], items[b:], nxt["step"], names=("critic",) if self.use_critic else ()))
+            # The targets bootstrap from the critic's target head alone (from each head's own without one).
+            needed = ("critic",) if self.use_critic else ("interest", "proposals")
+            if self.trainable_encoders:
+                next_state, next_items = self.target_network.encode(nxt)
+            else:  # frozen agents: the target's layers equal the online ones, so their encoding is shared
+                next_state, next_items = state[b:], items[b:]
+            target_next = self.target_network.heads(next_state, next_items, nxt["step"], names=needed)
+            target_next = tf.nest.map_structure(tf.stop_gradient, target_next)
             bootstrap = self._bootstrap(online_next, target_next, nxt["candidate_facets"])
             losses = {}
             for name in self.heads:

@@ -30,6 +30,10 @@ from tf_agents.networks import network
 from tfmarl.agents import ContentAgent, SystemAgent, UserAgent
 
 
+# Up to this catalog size `encode` runs the Content agent over the whole catalog once per call.
+CATALOG_PASS_MAX_ITEMS = 50_000
+
+
 def _adapter(dim, name):
     return tf.keras.layers.Dense(dim, use_bias=False, kernel_initializer=tf.keras.initializers.Identity(), name=name)
 
@@ -115,18 +119,29 @@ class MultiAgentNetwork(network.Network):
     def encode(self, observation):
         """(state [B, D], candidate vectors [B, N, D]) of an observation: the shared pass."""
         history = tf.cast(observation["history"], tf.int32)
+        candidates = tf.cast(observation["candidates"], tf.int32)
         # Dropout stays off: the encoders fine-tune (or not) on TD targets, not on noise.
-        state = self.user_agent(self.content_agent(history, training=False), mask=history > 0, training=False)
-        items = self.content_agent(tf.cast(observation["candidates"], tf.int32), training=False)
+        if self.content_agent.num_items <= CATALOG_PASS_MAX_ITEMS:
+            # Encoding the catalog once and gathering beats encoding B x (L + N) ids one by one.
+            catalog = self.content_agent.catalog(training=False)
+            history_items, items = tf.gather(catalog, history), tf.gather(catalog, candidates)
+        else:
+            history_items = self.content_agent(history, training=False)
+            items = self.content_agent(candidates, training=False)
+        state = self.user_agent(history_items, mask=history > 0, training=False)
         return state, items
 
-    def heads(self, state, items, step) -> dict:
-        """Every head's values from one encoding."""
+    def heads(self, state, items, step, names=("interest", "proposals", "critic")) -> dict:
+        """The values of the heads in ``names`` (default: all) from one encoding."""
         step = tf.cast(step, tf.float32) / self._max_steps
-        centroids = tf.broadcast_to(self._centroids[None], tf.concat([tf.shape(state)[:1], tf.shape(self._centroids)], 0))
-        out = {"interest": self.interest_head(state, centroids, step),
-               "proposals": tf.stack([head(state, items, step) for head in self.proposal_heads], axis=1)}
-        if self.critic_head is not None:
+        out = {}
+        if "interest" in names:
+            centroids = tf.broadcast_to(self._centroids[None],
+                                        tf.concat([tf.shape(state)[:1], tf.shape(self._centroids)], 0))
+            out["interest"] = self.interest_head(state, centroids, step)
+        if "proposals" in names:
+            out["proposals"] = tf.stack([head(state, items, step) for head in self.proposal_heads], axis=1)
+        if "critic" in names and self.critic_head is not None:
             out["critic"] = self.critic_head(state, items, step, base=self.system_agent.score(state, items))
         return out
 

@@ -1,0 +1,342 @@
+"""Every ```python block of README.md runs against the code (issue #12), so none can drift from it.
+
+The blocks run in README order in one shared namespace, as a reader would paste them: "Loading
+data" defines ``ml``, "Pretrain, evaluate, export" ``model``, ``split`` and ``vocab``, the RL
+sections ``user_model``, ``held_out``, ``marl``... Each block runs as written except for:
+
+- ``PRELUDES``: the few names a block uses that the README never defines (its imports of
+  ``np``, ``ContentAgent``...), executed in the namespace just before the block;
+- ``SUBSTITUTIONS``: sizes scaled down and paths redirected to generated files and ``tmp_path``,
+  as textual (old, new[, count]) pairs, each of which must match exactly (`substitute`), so a
+  README edit that removes one fails here and the table gets updated;
+- ``SETUP``: the files and the server a block reads (an ml-100k layout, a click log, an
+  impression log, a text preset, a running `tfmarl.serving` gRPC server), made before it runs;
+- ``CHECKS``: what a block must have produced, beyond running;
+- ``SKIPPED``: the blocks that cannot run in a test, by name, with the reason.
+
+A block's traceback points at its README line (the code is compiled as "README.md" at its own
+line numbers). When a block fails, the blocks after it are skipped, naming the failed one.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import types
+
+import numpy as np
+import pytest
+
+from readme_snippets import (extract_blocks, leading_statements, substitute, write_click_log, write_impressions,
+                             write_ml100k)
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = extract_blocks(README.read_text(encoding="utf-8"))
+PYTHON = [b for b in BLOCKS if b.lang == "python"]
+
+# The README's python blocks, in order: (section, first line). A new, moved or removed block
+# fails test_the_readme_has_exactly_the_known_python_blocks until this list and the tables are updated.
+EXPECTED_PYTHON_BLOCKS = [
+    ("Loading data", "import tfmarl"),
+    ("Pretrain, evaluate, export", "import tfmarl"),
+    ("Text backbones", "from tfmarl.data import embed_item_texts"),
+    ("One interface for every algorithm", "from tfmarl.envs import SessionEnvironment, fit_user_model, run_episodes"),
+    ("One interface for every algorithm", 'dqn = make_algorithm("dqn", model, user_model, candidates=50, gamma=0.9, '
+                                          "epsilon=linear_schedule(0.3, 0.02, 750))"),
+    ("One interface for every algorithm", 'linucb = make_algorithm("linucb", model, user_model, candidates=50, '
+                                          "batch_size=32,"),
+    ("One interface for every algorithm", 'marl = make_algorithm("multiagent", model, user_model, candidates=100, '
+                                          "facets=8, domains=2,"),
+    ("Multi-agent training", "from tfmarl.rl import make_algorithm"),
+    ("Evaluate a policy from your logs", "from tfmarl.data import load_bandit_feedback"),
+    ("Distributed training", "from tfmarl.training import cluster_spec, tf_config_for"),
+    ("gRPC", "import grpc"),
+]
+# Languages of the other fenced blocks (shell, config, JSON, diagrams): not executed here.
+OTHER_LANGUAGES = {"", "bash", "yaml", "json"}
+
+INTERFACE = "One interface for every algorithm"
+DISTRIBUTED = ("Distributed training", 0)
+
+SKIPPED = {
+    DISTRIBUTED: "multi-machine: MultiWorkerMirrored needs a worker process on each host of TF_CONFIG "
+                 "(host1, host2); tests/test_distributed.py runs it with two workers on 127.0.0.1. Only "
+                 "its imports and its TF_CONFIG lines (cluster_spec, tf_config_for) run here.",
+}
+
+# Names the README uses but never defines, defined just before the block (kept small on purpose).
+PRELUDES = {
+    ("Text backbones", 0): (
+        "from tfmarl.agents import ContentAgent\n"
+        "interactions = ml                 # 'interactions': the log loaded above (the RL blocks use it too)\n"),
+    (INTERFACE, 1): "from tfmarl.rl import linear_schedule\n",
+    (INTERFACE, 2): "from tfmarl.evaluation import BanditLogWriter\n",
+    (INTERFACE, 3): (  # item_counts is defined only later, in "Multi-agent training"
+        "import numpy as np\n"
+        "item_counts = np.bincount(split.train.items, minlength=vocab.size)\n"),
+    ("Multi-agent training", 0): "import numpy as np\n",
+    ("Evaluate a policy from your logs", 0): (
+        "from tfmarl.rl import CandidateRetriever, GreedySlatePolicy\n"
+        "greedy = GreedySlatePolicy(CandidateRetriever(model, num_candidates=10), slate_size=10)\n"),
+    DISTRIBUTED: "import os\n",
+}
+
+# Scaled-down sizes and redirected paths; "{name}" is filled from the block's setup values
+# (`Runner.values`: tmp, ml_dir, clicks, catalog, preset, impressions, grpc_port).
+CANDIDATES = "candidates=12"  # >= the default slate of 10 (SessionConfig.slate_size)
+SUBSTITUTIONS = {
+    ("Loading data", 0): [
+        ('"path/to/ml-100k"', "{ml_dir!r}"),
+        ('"clicks.parquet"', "{clicks!r}"),
+        ('"catalog.csv"', "{catalog!r}"),
+        ("n_users=20_000, n_items=5_000", "n_users=30, n_items=20"),
+    ],
+    ("Pretrain, evaluate, export", 0): [
+        ('"path/to/ml-100k"', "{ml_dir!r}"),
+        ('encoder="transformer")', 'encoder="transformer", dim=16, num_layers=1)'),
+        ("epochs=40", "epochs=1"),
+        ('"runs/', '"{tmp}/runs/'),
+        ('"savedmodels/', '"{tmp}/savedmodels/'),
+    ],
+    ("Text backbones", 0): [
+        ('"path/to/preset"', "{preset!r}"),
+    ],
+    (INTERFACE, 0): [
+        ("candidates=50, batch_size=64,", CANDIDATES + ", batch_size=4,"),
+        ('"runs/', '"{tmp}/runs/', 2),
+        (".train(1500)", ".train(22)"),           # 20 warm-up steps (the default), then 2 train steps
+        ("batch_size=100,", "batch_size=4,"),
+        ("policy, 500)", "policy, 4)"),
+        ('"savedmodels/', '"{tmp}/savedmodels/'),
+    ],
+    (INTERFACE, 1): [
+        ("candidates=50", CANDIDATES),
+    ],
+    (INTERFACE, 2): [
+        ("candidates=50, batch_size=32,", CANDIDATES + ", batch_size=4,"),
+        ('"runs/', '"{tmp}/runs/'),
+        (".train(300)", ".train(3)"),
+    ],
+    (INTERFACE, 3): [
+        ("candidates=100", CANDIDATES),
+    ],
+    ("Multi-agent training", 0): [
+        ("candidates=100", CANDIDATES),
+        ('get_strategy("mirrored")', 'get_strategy("cpu")'),  # one MirroredStrategy per process (conftest)
+        ('"runs/', '"{tmp}/runs/', 2),
+        (".train(1500)", ".train(22)"),
+        ("marl.slate_policy(), 500)", "marl.slate_policy(), 4)"),
+    ],
+    ("Evaluate a policy from your logs", 0): [
+        ('"impressions.csv"', "{impressions!r}"),
+    ],
+    ("gRPC", 0): [
+        ('"localhost:8500"', '"127.0.0.1:{grpc_port}"'),
+        ('"quickstart"', '"ml100k"'),             # the model the "Pretrain, evaluate, export" block exported
+    ],
+}
+
+
+# --- setup: files and servers a block reads -------------------------------------------------------
+
+def setup_movielens(runner):
+    from tfmarl.data import generate_synthetic
+
+    # 200 items, so the ids of the README's example histories ("50", "172", "133", "1") exist.
+    synthetic = generate_synthetic(n_users=60, n_items=200, interactions_per_user=12, seed=0)
+    ml_dir = runner.tmp / "ml-100k"
+    runner.facts["ml"] = write_ml100k(ml_dir, synthetic)
+    runner.facts["clicks"] = write_click_log(runner.tmp / "clicks.parquet", runner.tmp / "catalog.csv", synthetic)
+    runner.synthetic = synthetic
+    return {"ml_dir": str(ml_dir), "clicks": str(runner.tmp / "clicks.parquet"),
+            "catalog": str(runner.tmp / "catalog.csv")}
+
+
+def setup_preset(runner):
+    from tfmarl.data import build_tiny_text_preset
+
+    titles = [str(t) for t in runner.ns["ml"].items.title]
+    return {"preset": build_tiny_text_preset(runner.tmp / "preset", titles, hidden_dim=16)}
+
+
+def setup_impressions(runner):
+    path = runner.tmp / "impressions.csv"
+    runner.facts["impressions"] = write_impressions(path, runner.synthetic, slate_size=10, rounds=60)
+    return {"impressions": str(path)}
+
+
+def setup_grpc_server(runner):
+    from tfmarl.serving import ModelServer
+
+    server = ModelServer(runner.tmp / "savedmodels" / "ml100k", poll_seconds=0, grpc_port=0)
+    server.start(port=0)
+    runner.cleanups.append(server.stop)
+    runner.server = server
+    return {"grpc_port": server.grpc_port}
+
+
+SETUP = {
+    ("Loading data", 0): setup_movielens,
+    ("Text backbones", 0): setup_preset,
+    ("Evaluate a policy from your logs", 0): setup_impressions,
+    ("gRPC", 0): setup_grpc_server,
+}
+
+
+# --- checks: what a block must have produced ---------------------------------------------------------
+
+def check_loading(ns, runner):
+    written = runner.facts["ml"]
+    ml = ns["ml"]
+    assert ml.name == "ml-100k" and len(ml.log) == written["interactions"]
+    assert ml.log.user_id.nunique() == written["users"] and len(ml.items) == written["items"]
+    assert ml.items.title.iloc[0] == written["first_title"]  # u.item read as latin-1
+    assert list(ml.log.columns) == ["user_id", "item_id", "timestamp", "rating"]
+    assert len(ns["logs"].log) == runner.facts["clicks"]["interactions"]
+    assert ns["logs"].items.loc["s1", "title"] == runner.synthetic.items.title.iloc[0]
+    assert ns["synthetic"].log.user_id.nunique() == 30
+
+
+def check_pretrain(ns, runner):
+    assert ns["vocab"].size == runner.facts["ml"]["items"] + 2  # + padding and unknown
+    assert (runner.tmp / "savedmodels" / "ml100k" / "1" / "saved_model.pb").is_file()
+    assert list((runner.tmp / "runs" / "ml100k" / "tb").rglob("events.out.tfevents.*"))
+
+
+def check_text(ns, runner):
+    assert ns["text"].shape == (ns["vocab"].size, 16) and ns["text"].dtype == np.float32
+    assert np.abs(ns["text"][2:]).sum(axis=1).min() > 0  # every real item got an embedding
+
+
+def check_interface(ns, runner):
+    assert ns["algorithm"].name == "dqn"
+    assert np.isfinite(ns["run_episodes"](ns["held_out"], ns["policy"], 4)["return"]).all()
+    assert (runner.tmp / "savedmodels" / "dqn" / "1" / "saved_model.pb").is_file()
+    assert list((runner.tmp / "runs" / "dqn" / "ckpt").iterdir())
+
+
+def check_bandit(ns, runner):
+    ns["linucb"].ope_log.flush()
+    assert ns["linucb"].ope_log.rows_written == 3 * 4  # 3 rounds of 4 sessions, each logged
+
+
+def check_marl(ns, runner):
+    assert ns["marl"].name == "multiagent" and ns["marl"].strategy.num_replicas_in_sync == 1
+    assert list((runner.tmp / "runs" / "marl" / "ckpt").iterdir())
+
+
+def check_ope(ns, runner):
+    assert len(ns["log"]) == runner.facts["impressions"]["rounds"]
+    for estimate in (ns["estimate"], ns["gain"]):
+        assert np.isfinite(estimate.value)
+
+
+def check_grpc(ns, runner):
+    item_ids, scores = ns["item_ids"], ns["scores"]
+    assert item_ids.shape == (2, 10) and item_ids.dtype == object and scores.shape == (2, 10)
+    assert (np.diff(scores, axis=1) <= 0).all()  # best first
+    assert not {b"50", b"172", b"133"} & set(item_ids[0])  # history items are never recommended
+
+
+CHECKS = {
+    ("Loading data", 0): check_loading,
+    ("Pretrain, evaluate, export", 0): check_pretrain,
+    ("Text backbones", 0): check_text,
+    (INTERFACE, 0): check_interface,
+    (INTERFACE, 2): check_bandit,
+    ("Multi-agent training", 0): check_marl,
+    ("Evaluate a policy from your logs", 0): check_ope,
+    ("gRPC", 0): check_grpc,
+}
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+class Runner:
+    """Runs the python blocks in README order in one namespace, each at most once, on demand (so
+    ``-k`` on one block still runs the blocks before it)."""
+
+    def __init__(self, tmp: pathlib.Path):
+        self.tmp = tmp
+        self.ns: dict = {"__name__": "__readme__"}
+        self.values: dict = {"tmp": str(tmp)}
+        self.facts: dict = {}
+        self.cleanups: list = []
+        self.outcomes: dict = {}  # block index -> None (ran) or the exception
+
+    def run_through(self, index: int):
+        for i in range(len(self.outcomes), index + 1):
+            block = PYTHON[i]
+            failed = next((PYTHON[j] for j, error in self.outcomes.items() if error is not None), None)
+            if failed is not None:
+                self.outcomes[i] = RuntimeError(f"not run: the earlier block {failed.name!r} failed")
+                continue
+            try:
+                self._run(block)
+                self.outcomes[i] = None
+            except BaseException as error:  # noqa: BLE001  (reported by that block's test)
+                self.outcomes[i] = error
+        return self.outcomes[index]
+
+    def _run(self, block):
+        if block.key in SETUP:
+            self.values.update(SETUP[block.key](self))
+        if block.key in PRELUDES:
+            exec(compile(PRELUDES[block.key], f"<prelude of {block.name}>", "exec"), self.ns)
+        code = substitute(block, SUBSTITUTIONS.get(block.key, ()), self.values)
+        if block.key in SKIPPED:
+            self._run_head_of_distributed(block, code)
+            return
+        exec(compile("\n" * (block.lineno - 1) + code, "README.md", "exec"), self.ns)
+        if block.key in CHECKS:
+            CHECKS[block.key](self.ns, self)
+
+    def _run_head_of_distributed(self, block, code):
+        """The distributed block's imports and TF_CONFIG lines, with ``os.environ`` a dict (the
+        real one would leak TF_CONFIG into the other tests); the strategy and training need the
+        cluster's hosts."""
+        assert block.key == DISTRIBUTED, block.name
+        head = leading_statements(code, lambda statement: "get_strategy(" in statement)
+        environ = {}
+        namespace = {**self.ns, "os": types.SimpleNamespace(environ=environ)}
+        exec(compile(head, "README.md (distributed block, head)", "exec"), namespace)
+        config = json.loads(environ["TF_CONFIG"])
+        assert config["cluster"]["worker"] == ["host1:12345", "host2:12345"]
+        assert config["task"] == {"type": "worker", "index": 0}
+
+    def close(self):
+        for cleanup in reversed(self.cleanups):
+            cleanup()
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    runner = Runner(tmp_path_factory.mktemp("readme"))
+    yield runner
+    runner.close()
+
+
+def test_the_readme_has_exactly_the_known_python_blocks():
+    found = [(b.section, b.first_line) for b in PYTHON]
+    assert found == EXPECTED_PYTHON_BLOCKS, "README.md's python blocks changed: update tests/test_readme.py"
+    assert len(PYTHON) == 11
+    keys = {b.key for b in PYTHON}
+    assert set(SKIPPED) == {DISTRIBUTED}
+    for table in (SKIPPED, PRELUDES, SUBSTITUTIONS, SETUP, CHECKS):
+        assert set(table) <= keys, f"entries for blocks that are gone: {set(table) - keys}"
+    # Every other block is shell, config or JSON: no python hides under another tag ("py", "python3").
+    others = {b.lang for b in BLOCKS if b.lang != "python"}
+    assert others <= OTHER_LANGUAGES, f"fenced blocks in unexpected languages: {others - OTHER_LANGUAGES}"
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON)), ids=[re.sub(r"\s+", " ", b.name)[:90] for b in PYTHON])
+def test_readme_block_runs(runner, index):
+    block = PYTHON[index]
+    error = runner.run_through(index)
+    if error is not None:
+        if str(error).startswith("not run: the earlier block"):
+            pytest.skip(str(error))
+        raise error
+    if block.key in SKIPPED:
+        pytest.skip(f"{block.name}: {SKIPPED[block.key]}")
