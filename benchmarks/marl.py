@@ -57,6 +57,7 @@ VARIANTS = {
     "marl_single_content_agent": {"num_content_agents": 1},
 }
 SAME_RUN = {"marl_frozen": "marl"}  # names recorded from another variant's runs
+MAIN = ("marl", "marl_fine_tuned")  # run for every seed; the ablations for the first --ablation-seeds
 
 
 def mean_weights(curve) -> dict:
@@ -121,6 +122,7 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/results/marl_ml100k.json")
     parser.add_argument("--baselines", default="benchmarks/results/rl_ml100k.json")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--ablation-seeds", type=int, default=None, help="seeds of the ablations (default: --seeds)")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--candidates", type=int, default=100, help="candidates the multi-agent policy chooses among")
     parser.add_argument("--facets", type=int, default=8)
@@ -136,6 +138,7 @@ def main(argv=None):
     parser.add_argument("--ope-epsilon", type=float, default=0.5)
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    args.ablation_seeds = args.seeds if args.ablation_seeds is None else min(args.ablation_seeds, args.seeds)
 
     from tfmarl.rl import CandidateRetriever, make_algorithm
 
@@ -146,10 +149,12 @@ def main(argv=None):
     greedy_diversity = probe.greedy_diversity()
     floors = {"diversity": args.diversity_floor * greedy_diversity, "satisfaction": args.satisfaction_floor}
 
-    per_seed = {name: [] for name in VARIANTS}
+    per_seed = {name: [] for name in VARIANTS}  # an ablation's list holds its --ablation-seeds runs
     weight_curves, curves, speed = [], {name: [] for name in VARIANTS}, {name: [] for name in VARIANTS}
     for seed in range(args.seeds):
         for name in VARIANTS:
+            if name not in MAIN and seed >= args.ablation_seeds:
+                continue
             t0 = time.perf_counter()
             shaped = mean_weights(curves["marl"][-1]) if name == "marl_fixed_shaped_reward" else None
             algorithm, result = train_variant(name, ctx, args, seed, floors, shaped)

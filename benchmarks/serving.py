@@ -264,6 +264,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_clients(client, clients: int) -> float:
+    """Runs ``client(c)`` in ``clients`` threads at once; returns the wall time they took."""
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - started
+
+
 def http_load(port: int, name: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
     path = f"/v1/models/{name}:predict"
     lock = threading.Lock()
@@ -294,13 +305,7 @@ def http_load(port: int, name: str, bodies: list[bytes], clients: int, seconds: 
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
+    elapsed = run_clients(client, clients)
     samples = sorted(set(errors))[:5]
     return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies) + len(errors),
             "errors": len(errors), "qps": round(len(latencies) / elapsed, 1),
@@ -440,13 +445,7 @@ def grpc_load(port: int, requests: list, clients: int, seconds: float) -> dict:
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
+    elapsed = run_clients(client, clients)
     return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies) + len(errors),
             "errors": len(errors), "qps": round(len(latencies) / elapsed, 1),
             **(percentiles(latencies) if latencies else {}), "error_samples": sorted(set(errors))[:5]}

@@ -16,19 +16,11 @@ import tensorflow as tf  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+from fakes import RLWorld, cycle_sequences  # noqa: E402  (the shared fakes, one place)
+
 # Two logical CPUs for the tf.distribute tests; must happen before TensorFlow initialises devices.
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-
-
-def cycle_sequences(num_users=120, num_items=30, seed=0):
-    """Users walk a cycle of items (i -> i + 1): the next item is fully predictable."""
-    from tfmarl.data import Sequences
-
-    rng = np.random.default_rng(seed)
-    lists = [[2 + (s + j) % num_items for j in range(int(rng.integers(6, 20)))]
-             for s in rng.integers(0, num_items, num_users)]
-    return Sequences.from_lists([f"u{u}" for u in range(num_users)], lists)
 
 
 @pytest.fixture(scope="session")
@@ -64,49 +56,7 @@ def mirrored():
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
-# --- RL fixtures (tests/test_rl.py, tests/test_rl_export.py) ----------------------------------
-
-
-class RLWorld:
-    """A small simulated world shared by the RL tests: a `UserModel` fitted on a synthetic log
-    (30 items), a randomly initialised (untrained) one-layer `SequentialRecommender` over its
-    vocabulary, a `CandidateRetriever` of N=8 candidates and short sessions (slate of 3, at most
-    4 steps, history window 6 = the recommender's max_length)."""
-
-    num_candidates = 8
-
-    def __init__(self):
-        from tfmarl.data.synthetic import generate_synthetic
-        from tfmarl.envs import SessionConfig, fit_user_model
-        from tfmarl.rl import CandidateRetriever
-        from tfmarl.training import SequentialRecommender
-
-        self.user_model = fit_user_model(
-            generate_synthetic(n_users=120, n_items=30, interactions_per_user=12, seed=0), dim=8, seed=0)
-        tf.keras.utils.set_random_seed(0)
-        self.model = SequentialRecommender(item_vocabulary=self.user_model.vocabulary, dim=8, max_length=6,
-                                           num_layers=1, num_heads=1, dropout=0.0, k=5)
-        self.model.build_all()
-        self.config = SessionConfig(slate_size=3, history_length=6, max_steps=4, no_click_utility=2.0)
-        self.retriever = CandidateRetriever(self.model, self.num_candidates)
-
-    def session_env(self, batch_size=4, seed=0):
-        from tfmarl.envs import SessionEnvironment
-
-        return SessionEnvironment(self.user_model, self.config, batch_size=batch_size, seed=seed)
-
-    def candidate_env(self, batch_size=4, seed=0):
-        from tfmarl.envs.candidates import CandidateSessionEnvironment
-
-        return CandidateSessionEnvironment(self.session_env(batch_size, seed), self.retriever, self.num_candidates)
-
-    def bandit_env(self, batch_size=8, seed=0, arm_features="item"):
-        from tfmarl.envs.bandit import PerArmBanditEnvironment
-
-        return PerArmBanditEnvironment(self.user_model, self.retriever, self.retriever.item_vectors,
-                                       self.num_candidates, config=self.config, batch_size=batch_size, seed=seed,
-                                       arm_features=arm_features)
-
+# --- RL fixtures (tests/test_rl*.py, tests/test_evaluation_ope_adapter.py) -----------------------------------
 
 @pytest.fixture(scope="session")
 def rl_world():

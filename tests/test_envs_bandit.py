@@ -7,8 +7,8 @@ import pytest
 
 from tfmarl.envs import PerArmBanditEnvironment
 
-import test_envs_fakes as fakes
-from test_envs_fakes import make_retrieve
+import fakes
+from fakes import make_retrieve
 
 N = fakes.NUM_CANDIDATES
 CONFIG = fakes.SMALL_CONFIG

@@ -12,8 +12,8 @@ from tf_agents.policies import random_py_policy
 
 from tfmarl.envs import CandidateSessionEnvironment, SessionEnvironment
 
-import test_envs_fakes as fakes
-from test_envs_fakes import make_retrieve
+import fakes
+from fakes import make_retrieve
 
 N = fakes.NUM_CANDIDATES
 CONFIG = fakes.SMALL_CONFIG

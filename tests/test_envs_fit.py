@@ -9,7 +9,7 @@ import pytest
 from tfmarl.data import DataError, Interactions, Vocabulary
 from tfmarl.envs import UserModel, fit_user_model
 
-import test_envs_fakes as fakes
+import fakes
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 
 from tfmarl.envs import SessionConfig, SessionEnvironment, run_episodes, slate_diversity
 
-import test_envs_fakes as fakes
-from test_envs_fakes import random_policy
+import fakes
+from fakes import random_policy
 
 
 @pytest.fixture(scope="module")

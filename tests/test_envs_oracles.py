@@ -6,8 +6,8 @@ import pytest
 from tfmarl.envs import SessionEnvironment, myopic_oracle_policy, quality_variety_oracle_policy, run_episodes
 from tfmarl.envs.oracles import _capped_top
 
-import test_envs_fakes as fakes
-from test_envs_fakes import random_policy
+import fakes
+from fakes import random_policy
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from tf_agents.trajectories import time_step as ts
 
 from tfmarl.envs import SessionConfig, SessionEnvironment, first_repeat, myopic_oracle_policy, random_slates
 
-import test_envs_fakes as fakes
-from test_envs_fakes import random_policy
+import fakes
+from fakes import random_policy
 
 
 @pytest.fixture(scope="module")

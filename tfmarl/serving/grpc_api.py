@@ -108,14 +108,19 @@ class _Api:
         self.table = table
         self.limits = limits
 
-    def servable(self, request) -> LoadedVersion:
+    @staticmethod
+    def model_and_version(request) -> tuple:
+        """(model name, version number or None for the newest) of a request's ``model_spec``."""
         if not request.HasField("model_spec"):
             raise _bad("Missing ModelSpec")
         spec = request.model_spec
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
             raise _bad(f"Unrecognized servable version label: {clip(spec.version_label)}")
-        return self.table.servable(spec.name, spec.version.value if choice == "version" else None)
+        return spec.name, spec.version.value if choice == "version" else None
+
+    def servable(self, request) -> LoadedVersion:
+        return self.table.servable(*self.model_and_version(request))
 
     @staticmethod
     def check_signature(request) -> str:
@@ -165,13 +170,7 @@ class _Api:
         return response
 
     def status(self, request) -> get_model_status_pb2.GetModelStatusResponse:
-        if not request.HasField("model_spec"):
-            raise _bad("Missing ModelSpec")
-        spec = request.model_spec
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version_label":
-            raise _bad(f"Unrecognized servable version label: {clip(spec.version_label)}")
-        versions = self.table.status(spec.name, spec.version.value if choice == "version" else None)
+        versions = self.table.status(*self.model_and_version(request))
         available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
         return get_model_status_pb2.GetModelStatusResponse(model_version_status=[
             get_model_status_pb2.ModelVersionStatus(version=v, state=available, status=status_pb2.StatusProto())
