@@ -27,6 +27,7 @@ TINY = {
     ({"rl": {"steps": 0}}, "rl.steps: must be a positive integer"),
     ({"pretrain": {"dropout": 1.5}}, "pretrain.dropout: must be in [0, 1)"),
     ({"data": {"source": "movielens"}}, "data.path: required"),
+    ({"data": {"source": "movielens"}}, "ml-100k: u.data and u.item"),  # where to get each layout
     ({"simulator": {"session": {"slate": 3}}}, "unknown config key 'simulator.session.slate'"),
     ({"simulator": {"session": {"slate_size": 0}}}, "simulator.session"),
     ({"evaluate": {"baselines": ["oracle"]}}, "evaluate.baselines: 'oracle' is not allowed"),

@@ -267,7 +267,12 @@ def _check_values(config, where):
         if not config.ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in config.ks):
             raise ConfigError(f"{where}.ks: expected a list of positive integers, got {config.ks!r}")
     if isinstance(config, DataConfig) and config.source != "synthetic" and not config.path:
-        raise ConfigError(f"{where}.path: required when {where}.source is {config.source!r}")
+        hint = ""
+        if config.source == "movielens":
+            from tfmarl.data.movielens import describe_movielens_layouts
+
+            hint = "\n" + describe_movielens_layouts()
+        raise ConfigError(f"{where}.path: required when {where}.source is {config.source!r}{hint}")
     if isinstance(config, SimulatorConfig) and config.session:
         from tfmarl.envs import SessionConfig
 
