@@ -239,9 +239,9 @@ def test_evaluate_estimates_policies_off_policy_and_validates_the_simulator(tmp_
                                 impressions={"path": str(log_path)}))
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert main(["train", str(path), "--no-progress", "--stages", "evaluate"]) == 0
+    assert main(["train", str(path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"offline +greedy: iips: \S+ \[", out) and "click model on 300 held-out impressions" in out
+    assert re.search(r"offline +greedy: pseudo_inverse: \S+ \[", out) and "click model on 300 held-out impressions" in out
     offline = json.loads((tmp_path / "run" / "evaluate" / "metrics.json").read_text())["offline"]
     assert set(offline["policies"]) == {"greedy", "multiagent"}  # random is stochastic: not scored
     for estimate in offline["policies"].values():
@@ -249,6 +249,9 @@ def test_evaluate_estimates_policies_off_policy_and_validates_the_simulator(tmp_
         assert estimate["minus_logging"]["relative_to"] == "logging"
     assert 0 <= offline["simulator_validation"]["auc"] <= 1
     assert (tmp_path / "run" / "calibration.png").stat().st_size > 1000
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Off-policy evaluation (pseudo_inverse, 300 logged impressions)" in report
+    assert "![calibration](calibration.png)" in report
     bad = dict(config, evaluate=dict(config["evaluate"], impressions={"path": str(log_path), "reward": "clicked"}))
     path.write_text(yaml.safe_dump(bad))
     assert main(["train", str(path), "--no-progress", "--stages", "evaluate"]) == 2

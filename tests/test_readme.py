@@ -226,9 +226,9 @@ def check_ope(ns, runner):
     for estimate in (ns["estimate"], ns["gain"]):
         assert np.isfinite(estimate.value)
     lines = runner.printed[("Evaluate a policy from your logs", 0)].splitlines()
-    # as the README's comment: iips: 0.412 [0.391, 0.433] (se=0.011, n=100000, ess=...)
-    assert re.match(rf"iips: \S+ \[\S+, \S+\] \(se=\S+, n={rounds}, ess=", lines[0]), lines[0]
-    assert lines[1].startswith("iips − logging: "), lines[1]
+    # as the README's comment: pseudo_inverse: 0.412 [0.391, 0.433] (se=0.011, n=100000, ess=...)
+    assert re.match(rf"pseudo_inverse: \S+ \[\S+, \S+\] \(se=\S+, n={rounds}, ess=", lines[0]), lines[0]
+    assert lines[1].startswith("pseudo_inverse − logging: "), lines[1]
     assert "AUC" in lines[2] and any(line.startswith("marl ") for line in lines), lines
 
 
