@@ -106,7 +106,7 @@ def test_validate_envs_with_distinct_random_slates(model, monkeypatch):
         SessionEnvironment(model, CONFIG, batch_size=4, seed=0),
         SessionEnvironment(model, CONFIG, batch_size=4, seed=0, reward="signals"),
         candidate_env(model),
-        candidate_env(model, include_state=True, item_facets=model.item_category),
+        candidate_env(model, item_facets=model.item_category),
     ]
     for env in envs:
         assert env.action_spec().shape == (3,)
@@ -114,13 +114,13 @@ def test_validate_envs_with_distinct_random_slates(model, monkeypatch):
 
 
 def test_candidate_observations_and_slate_mapping(model):
-    env = candidate_env(model, include_state=True, item_facets=model.item_category)
+    env = candidate_env(model, item_facets=model.item_category)
     assert env.num_candidates == N and env.batch_size == 4
     observation = env.reset().observation
-    assert set(observation) == {"history", "step", "candidates", "user_state", "candidate_facets"}
+    # Item ids only: policies encode the visible history with the agents' layers themselves.
+    assert set(observation) == {"history", "step", "candidates", "candidate_facets"}
     candidates = observation["candidates"]
     np.testing.assert_array_equal(observation["candidate_facets"], model.item_category[candidates])
-    assert observation["user_state"].shape == (4, model.dim) and observation["user_state"].dtype == np.float32
     positions = np.array([[0, 1, 2], [7, 6, 5], [3, 0, 4], [1, 2, 3]], np.int32)
     slate = env.items_for(positions)
     np.testing.assert_array_equal(slate, np.take_along_axis(candidates, positions, axis=1))

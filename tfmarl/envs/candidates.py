@@ -49,15 +49,13 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
     Args:
       env: the session environment.
       retrieve: ``history int32 [B, L] -> candidates int32 [B, N]`` (or a dict holding
-        ``"candidates"`` and, for ``include_state``, ``"user_state"``).
+        ``"candidates"``).
       num_candidates: N.
-      include_state: also observe ``"user_state"`` float32 [D], the retriever's user state
-        (a pretrained encoder's output: policies may use it instead of re-encoding the history).
       item_facets: int [num_items] facet of every item; adds ``"candidate_facets"`` int32 [N].
     """
 
     def __init__(self, env: SessionEnvironment, retrieve: Callable, num_candidates: int, *,
-                 include_state: bool = False, item_facets=None):
+                 item_facets=None):
         super().__init__(handle_auto_reset=False)
         k = env.config.slate_size
         # Retrieval excludes the reserved indices and the visible history.
@@ -71,10 +69,6 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
         self._observation_spec = dict(env.observation_spec())
         self._observation_spec["candidates"] = array_spec.BoundedArraySpec(
             (self._n,), np.int32, minimum=0, maximum=env.num_items - 1, name="candidates")
-        self._include_state = bool(include_state)
-        if include_state:
-            dim = np.asarray(retrieve(np.zeros((1, 1), np.int32))["user_state"]).shape[-1]
-            self._observation_spec["user_state"] = array_spec.ArraySpec((dim,), np.float32, name="user_state")
         self._item_facets = None
         if item_facets is not None:
             self._item_facets = np.asarray(item_facets, np.int32)
@@ -142,8 +136,6 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
             raise ValueError(f"retrieve returned shape {candidates.shape}, expected {(self.batch_size, self._n)}")
         self._candidates = candidates
         observation = dict(time_step.observation, candidates=candidates)
-        if self._include_state:
-            observation["user_state"] = np.asarray(out["user_state"], np.float32)
         if self._item_facets is not None:
             observation["candidate_facets"] = self._item_facets[candidates]
         return time_step._replace(observation=observation)
