@@ -51,6 +51,7 @@ def test_each_family_trains_and_its_slate_policy_acts(rl_world, trained):
     observation = env.reset().observation
     for name, (algorithm, result, _, steps) in trained.items():
         assert result.steps == steps and result.train_steps_per_second > 0, name
+        assert algorithm.slate_policy().deterministic, name  # off-policy evaluation scores it by its slates
         slate = algorithm.slate_policy()(observation)
         assert slate.shape == (4, rl_world.config.slate_size) and slate.dtype == np.int32
         assert all(len(set(row)) == len(row) for row in slate)  # distinct items
@@ -67,6 +68,14 @@ def test_training_resumes_from_the_checkpoint_directory(rl_world, trained):
         np.testing.assert_array_equal(again.slate_policy()(observation), algorithm.slate_policy()(observation))
         more = again.train(steps + 2)
         assert more.start_step == steps and more.steps == steps + 2
+
+
+def test_sampling_policies_say_so(rl_world, trained):
+    from tfmarl.rl import QSlatePolicy, RandomSlatePolicy
+
+    assert not RandomSlatePolicy(30, 3).deterministic
+    assert not trained["multiagent"][0].slate_policy(sample=True).deterministic
+    assert not QSlatePolicy(trained["dqn"][0].q_network, 3, epsilon=0.1).deterministic
 
 
 def test_learn_from_is_offered_where_supported(rl_world, trained):

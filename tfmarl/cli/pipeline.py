@@ -322,10 +322,10 @@ class Pipeline:
                                    reward=cfg.reward, propensity=cfg.propensity,
                                    conditional_propensity=cfg.conditional_propensity, history=cfg.history,
                                    user=cfg.user, items=s["vocab"])
+        # A sampling policy (e.g. random) has no slates to score: it would need its own distribution.
+        policies = {name: policy for name, policy in policies.items() if policy.deterministic}
         estimates = {}
         for name, policy in policies.items():
-            if name == "random":  # a stochastic policy: no deterministic target slates to score
-                continue
             value = evaluate_policy_offline(log, policy, estimators=(cfg.estimator,), seed=self.config.seed)
             gain = evaluate_policy_offline(log, policy, estimators=(cfg.estimator,), versus_logging=True,
                                            seed=self.config.seed)
@@ -333,7 +333,7 @@ class Pipeline:
                                "minus_logging": dataclasses.asdict(gain[cfg.estimator])}
             self.say(f"   offline {name:>12}: {value[cfg.estimator]}; minus logging {gain[cfg.estimator]}")
         validation = validate_simulator(s["user_model"], log, config=self._session_config(),
-                                        policies={k: v for k, v in policies.items() if k != "random"},
+                                        policies=policies,
                                         estimator=cfg.estimator, seed=self.config.seed)
         for line in validation.format().splitlines():
             self.say(f"   {line}")

@@ -19,7 +19,12 @@ from tfmarl.envs.session import random_slates
 
 
 class SlatePolicy:
-    """Base class: ``policy(observation) -> slate int32 [B, slate_size]``."""
+    """Base class: ``policy(observation) -> slate int32 [B, slate_size]``.
+
+    ``deterministic``: whether the same observation always gets the same slate (off-policy
+    evaluation scores such a policy by its slates; a sampling policy needs its own distribution)."""
+
+    deterministic = True
 
     def __init__(self, slate_size: int):
         self.slate_size = int(slate_size)
@@ -30,6 +35,8 @@ class SlatePolicy:
 
 class RandomSlatePolicy(SlatePolicy):
     """Uniformly random distinct items."""
+
+    deterministic = False
 
     def __init__(self, num_items: int, slate_size: int, seed: int = 0):
         super().__init__(slate_size)
@@ -153,6 +160,10 @@ class QSlatePolicy(SlatePolicy):
         self.epsilon = float(epsilon)
         self._rng = np.random.default_rng(seed)
         self._q_values = tf.function(lambda obs: q_network(obs, training=False)[0])
+
+    @property
+    def deterministic(self) -> bool:
+        return self.epsilon == 0  # with ε > 0 its slot distribution has a closed form (tfmarl.evaluation.ope)
 
     def q_values(self, observation) -> np.ndarray:
         length = int(self._q.input_tensor_spec["history"].shape[0])

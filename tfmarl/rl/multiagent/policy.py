@@ -15,6 +15,7 @@ class MultiAgentSlatePolicy(SlatePolicy):
 
     def __init__(self, learner, retriever, *, sample: bool = False):
         super().__init__(learner.slate_size)
+        self.deterministic = not sample
         self._retriever = retriever
         self._facet_of = learner.facets.item_facet
         self._history_length = int(learner.network.input_tensor_spec["history"].shape[0])
