@@ -1,5 +1,5 @@
 """Double DQN over retrieved candidates, through the algorithm interface; the Q-network is built from
-the pretrained User and Content agents and fine-tunes them.
+the pretrained User and Content agents (frozen, the default; trainable_encoders=True fine-tunes them).
 
     .venv/bin/python examples/dqn_movielens.py path/to/ml-100k
 """

@@ -22,6 +22,15 @@ from fakes import RLWorld, cycle_sequences  # noqa: E402  (the shared fakes, one
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
+# Grappler, TensorFlow's graph optimizer, rewrites each tf.function graph when it first runs. This
+# suite builds many small models and runs most of their functions a few times, so that rewriting
+# costs more than it saves (the first train step of a DQN agent takes about twice as long with it).
+# It is meant to leave what a graph computes unchanged, and that is what the tests check. It stays
+# on in the processes the tests start (the CLI, the notebook, fresh-process export checks).
+# TFMARL_TEST_GRAPPLER=1 turns it back on here.
+if os.environ.get("TFMARL_TEST_GRAPPLER") != "1":
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
 
 @pytest.fixture(scope="session")
 def cycle_split():
@@ -38,15 +47,33 @@ def cycle_vocab():
 
 
 @pytest.fixture(scope="session")
-def trained_cycle_model(cycle_split, cycle_vocab):
-    """A small transformer recommender trained on the cycle data (shared: training costs seconds)."""
+def cycle_log_dir(tmp_path_factory):
+    """Where `trained_cycle_model`'s pretraining wrote its TensorBoard logs."""
+    return tmp_path_factory.mktemp("cycle_tensorboard")
+
+
+@pytest.fixture(scope="session")
+def trained_cycle_model(cycle_split, cycle_vocab, cycle_log_dir):
+    """A small transformer recommender trained on the cycle data (shared: training costs seconds).
+    Its TensorBoard logs (`cycle_log_dir`) serve test_training's TensorBoard test, which would
+    otherwise train a model of its own."""
     from tfmarl.training import SequentialRecommender, pretrain
 
     tf.keras.utils.set_random_seed(0)
     model = SequentialRecommender(item_vocabulary=cycle_vocab, dim=32, max_length=12, k=5)
     pretrain(model, cycle_split.train, cycle_split.valid, epochs=8, batch_size=32, learning_rate=5e-3,
-             verbose=0)
+             verbose=0, log_dir=cycle_log_dir)
     return model
+
+
+@pytest.fixture(scope="session")
+def exported_cycle(tmp_path_factory, trained_cycle_model):
+    """`trained_cycle_model` exported once, as version 1 of the model "cycle" (``<tmp>/cycle/1``),
+    for the serving tests, which only read it: a test that adds or breaks versions copies it into
+    a base directory of its own."""
+    from tfmarl.export import export_recommender
+
+    return export_recommender(trained_cycle_model, tmp_path_factory.mktemp("exported") / "cycle")
 
 
 @pytest.fixture(scope="session")

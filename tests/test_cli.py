@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 import yaml
@@ -88,7 +89,19 @@ def tiny_run(tmp_path_factory):
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["train", str(path), "--no-progress"]) == 0
+    # A pristine copy of the finished run, before the tests below change this one: the tests that
+    # vary only a later stage start from it, so the stages they keep load instead of retraining.
+    shutil.copytree(root / "run", root / "pristine")
     return root, path
+
+
+def from_tiny_run(tiny_run, run_dir):
+    """``run_dir`` as a copy of the tiny run just after it finished. Stage hashes depend on the
+    config alone (not on run_dir), so a config that changes only stage S re-runs S and what
+    follows and loads the earlier stages from the copy."""
+    root, _ = tiny_run
+    shutil.copytree(root / "pristine", run_dir)
+    return run_dir
 
 
 def test_pipeline_runs_every_stage_and_writes_a_report(tiny_run):
@@ -196,20 +209,24 @@ def test_simulate_refuses_an_unknown_policy_before_running(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("algorithm", ["dqn", "linucb"])
-def test_pipeline_trains_exports_and_evaluates_every_family_through_the_registry(algorithm, tmp_path):
+def test_pipeline_trains_exports_and_evaluates_every_family_through_the_registry(algorithm, tmp_path, tiny_run,
+                                                                                 capsys):
     """The RL stage builds any registered family from the config alone (no branching on its name)."""
+    from_tiny_run(tiny_run, tmp_path / "run")  # data, pretrain and simulator load; rl onwards run
     config = dict(TINY, run_dir=str(tmp_path / "run"), export={"dir": str(tmp_path / "models")},
                   rl=dict(TINY["rl"], algorithm=algorithm))
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["train", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "== simulator (finished earlier: loading)" in out and "== rl\n" in out
     metrics = json.loads((tmp_path / "run" / "evaluate" / "metrics.json").read_text())
     assert algorithm in metrics["online"]
     info = json.loads((tmp_path / "models" / "1" / "assets.extra" / "tfmarl.json").read_text())
     assert info["algorithm"] == algorithm
 
 
-def test_evaluate_estimates_policies_off_policy_and_validates_the_simulator(tmp_path, capsys):
+def test_evaluate_estimates_policies_off_policy_and_validates_the_simulator(tmp_path, capsys, tiny_run):
     """With ``evaluate.impressions`` the evaluate stage scores every policy on the logged slates
     (value and gain over the logging policy, with intervals) and validates the simulator against
     the log; the report shows the calibration plot."""
@@ -239,8 +256,11 @@ def test_evaluate_estimates_policies_off_policy_and_validates_the_simulator(tmp_
                                 impressions={"path": str(log_path)}))
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
+    from_tiny_run(tiny_run, tmp_path / "run")  # data, pretrain, simulator and rl load; evaluate onwards run
+    capsys.readouterr()
     assert main(["train", str(path), "--no-progress"]) == 0
     out = capsys.readouterr().out
+    assert "== rl (finished earlier: loading)" in out and "== evaluate\n" in out
     assert re.search(r"offline +greedy: pseudo_inverse: \S+ \[", out) and "click model on 300 held-out impressions" in out
     offline = json.loads((tmp_path / "run" / "evaluate" / "metrics.json").read_text())["offline"]
     assert set(offline["policies"]) == {"greedy", "multiagent"}  # random is stochastic: not scored

@@ -454,7 +454,8 @@ def test_explore_propensities_and_chosen_arm_features():
 
 
 def test_dqn_learns_that_investing_pays_later(micro_dqn):
-    assert type(micro_dqn.agent) is (dqn_agent.DdqnAgent if micro_dqn.double else dqn_agent.DqnAgent)
+    assert isinstance(micro_dqn.agent, dqn_agent.DdqnAgent) == micro_dqn.double
+    assert isinstance(micro_dqn.agent, dqn_agent.DqnAgent)
     curve = micro_dqn.result.curve
     assert [point["step"] for point in curve] == [20, 40, 60, 80, 100]
     losses = [point["loss"] for point in curve]
@@ -503,7 +504,7 @@ def test_linear_schedule():
 
 
 def test_dqn_trains_on_the_candidate_environment(rl_dqn):
-    assert type(rl_dqn.agent) is dqn_agent.DdqnAgent
+    assert isinstance(rl_dqn.agent, dqn_agent.DdqnAgent)
     result, curve = rl_dqn.result, rl_dqn.result.curve
     assert (result.start_step, result.steps) == (0, 30)
     assert result.env_steps_per_second > 0 and result.train_steps_per_second > 0
@@ -515,6 +516,38 @@ def test_dqn_trains_on_the_candidate_environment(rl_dqn):
         assert point["sessions"] > 0 and 0 <= point["ctr"] <= 1 and point["session_length"] == 4  # max_steps
         assert point["session_return"] == pytest.approx(point["ctr"] * point["session_length"])  # click rewards
     assert rl_dqn.agent.train_step_counter.numpy() == 30 - 5
+
+
+def test_dqn_loss_reads_q_at_the_action_alone_and_frozen_agents_replay_states(rl_world, rl_dqn):
+    """The agents' `_compute_q_values` evaluates one candidate per row: equal to gathering the
+    action's value from all N. Frozen agents with ``replay_states`` store the retrieval's user
+    state in every observation, which equals the Q-network's own encoding of the history."""
+    from tf_agents.trajectories import time_step as ts
+
+    from tfmarl.rl import build_dqn, train_dqn
+
+    env = rl_world.candidate_env(batch_size=4, seed=1)
+    observation = {k: tf.constant(v) for k, v in env.reset().observation.items()}
+    step = ts.TimeStep(tf.fill([4], ts.StepType.MID), tf.zeros([4]), tf.ones([4]), observation)
+    actions = tf.constant([0, 3, 1, 2], tf.int32)
+    full, _ = rl_dqn.q_network(observation)
+    np.testing.assert_allclose(rl_dqn.agent._compute_q_values(step, actions).numpy(),  # noqa: SLF001
+                               tf.gather(full, actions, batch_dims=1).numpy(), rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(ValueError, match="replay_states needs frozen agents"):
+        build_dqn(env, rl_world.model, replay_states=True)
+    tf.keras.utils.set_random_seed(0)
+    agent, q_network = build_dqn(env, rl_world.model, hidden_units=(8,), trainable_encoders=False, replay_states=True)
+    frozen = [w.copy() for w in q_network.agents[0].get_weights()]
+    train_dqn(agent, q_network, env, 8, batch_size=8, warmup_steps=3)
+    for a, b in zip(frozen, q_network.agents[0].get_weights()):
+        np.testing.assert_array_equal(a, b)  # the User agent did not move
+    state = q_network.encode_state(observation["history"]).numpy()
+    np.testing.assert_allclose(rl_world.retriever(observation["history"].numpy())["user_state"], state,
+                               rtol=1e-4, atol=1e-5)
+    with_state = dict(observation, state=tf.constant(state))
+    np.testing.assert_allclose(q_network(with_state)[0].numpy(), q_network(observation)[0].numpy(), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_train_dqn_resumes_from_a_checkpoint(rl_world, tmp_path, monkeypatch):

@@ -130,3 +130,26 @@ print(json.dumps(out))
         assert all(len(set(row)) == 3 for row in got["item_ids"])
     assert set(out["multiagent"]) == {"item_ids", "scores", "values"}  # raw critic values ride along
     assert set(out["dqn"]) == set(out["ranking"]) == {"item_ids", "scores"}
+
+
+def test_frozen_multiagent_replays_the_retrievers_user_states(rl_world, trained):
+    """With frozen agents the replay holds the states the environment's retrieval computed
+    (`states_from_env`), and the slate policy acts on the retrieval's state: they must be the
+    learner's own encoding of the same histories."""
+    from tfmarl.rl.multiagent import MultiAgentSlatePolicy
+
+    algorithm = trained["multiagent"][0]
+    observation = rl_world.session_env(batch_size=4, seed=7).reset().observation
+    np.testing.assert_array_equal(algorithm.slate_policy()(observation),
+                                  MultiAgentSlatePolicy(algorithm.learner, algorithm.retriever)(observation))
+    from tfmarl.rl import QSlatePolicy
+
+    dqn = trained["dqn"][0]
+    np.testing.assert_array_equal(dqn.slate_policy()(observation),
+                                  QSlatePolicy(dqn.q_network, dqn.slate_size, retriever=dqn.retriever)(observation))
+    sample = algorithm.trainer.sample()
+    for frame in (0, 1):
+        np.testing.assert_allclose(
+            sample["state"][:, frame].numpy(),
+            algorithm.learner.network.encode_state(sample["observation"]["history"][:, frame]).numpy(),
+            rtol=1e-4, atol=1e-5)

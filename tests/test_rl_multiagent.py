@@ -373,8 +373,9 @@ print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "scores"
 
 def test_fine_tuning_moves_the_agents_layers_and_frozen_training_does_not():
     """``trainable_encoders`` decides whether RL changes the pretrained User/Content agents; the
-    heads learn either way. A train step runs the shared encoders once (on the observations and
-    next observations together)."""
+    heads learn either way. Fine-tuned, a train step runs the shared encoders once (on the
+    observations and next observations together); frozen, it runs no User agent at all: the
+    replay holds the states computed when acting, which equal the agents' encoding."""
     for trainable in (False, True):
         learner, trainer = make_trainer(FacetWorld(), trainable_encoders=trainable, encoder_learning_rate=1e-2)
         before_agents = [w.copy() for w in learner.network.user_agent.get_weights()]
@@ -385,11 +386,17 @@ def test_fine_tuning_moves_the_agents_layers_and_frozen_training_does_not():
                                                                before_heads))
         assert moved_heads > 1e-4
         assert (moved_agents > 1e-4) == trainable, (trainable, moved_agents)
-        sample, _ = next(trainer._iterator)
+        sample = trainer.sample()
+        assert ("state" in sample) == (not trainable)
+        if not trainable:
+            for frame in (0, 1):
+                np.testing.assert_allclose(
+                    sample["state"][:, frame].numpy(),
+                    learner.network.encode_state(sample["observation"]["history"][:, frame]).numpy(), atol=1e-5)
         calls, encode = [], learner.network.encode
         learner.network.encode = lambda observation: calls.append(1) or encode(observation)
         tf.function(learner.train).get_concrete_function(sample)
-        assert len(calls) == 1
+        assert len(calls) == (1 if trainable else 0)
 
 
 def test_learner_under_mirrored_matches_one_device(mirrored):
@@ -397,7 +404,7 @@ def test_learner_under_mirrored_matches_one_device(mirrored):
     env = FacetWorld()
     single, trainer = make_trainer(env, gradient_clipping=None)
     trainer.run(10, log_every=5)
-    sample, _ = next(trainer._iterator)
+    sample = trainer.sample()
     with mirrored.scope():
         replicated = make_learner(env, gradient_clipping=None)
     replicated.network.set_weights(single.network.get_weights())

@@ -24,8 +24,9 @@ HISTORIES = [["m3", "m4", "m5"], ["m9"], ["m0", "m1", "m2", "m3", "m4", "m5", "m
 
 
 @pytest.fixture(scope="module")
-def exported_v1(tmp_path_factory, trained_cycle_model):
-    return export_recommender(trained_cycle_model, tmp_path_factory.mktemp("grpc") / NAME)
+def exported_v1(exported_cycle):
+    assert exported_cycle.parent.name == NAME
+    return exported_cycle  # conftest.py: one export, shared by the serving tests and never written to
 
 
 @pytest.fixture(scope="module")

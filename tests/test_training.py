@@ -118,12 +118,10 @@ def test_mirrored_loss_matches_single_device(cycle_split, mirrored):
     assert total == pytest.approx(expected, rel=1e-5)
 
 
-def test_tensorboard_logs_validation_ndcg(tmp_path, cycle_split):
-    model = small_model()
-    pretrain(model, cycle_split.train, cycle_split.valid, epochs=1, batch_size=64, verbose=0,
-             log_dir=tmp_path / "tb")
+def test_tensorboard_logs_validation_ndcg(trained_cycle_model, cycle_log_dir):
+    # The shared model's pretraining (conftest.py) ran with log_dir=cycle_log_dir.
     tags = {}
-    for path in glob.glob(str(tmp_path / "tb" / "*" / "events.out.tfevents.*")):
+    for path in glob.glob(str(cycle_log_dir / "*" / "events.out.tfevents.*")):
         run = os.path.basename(os.path.dirname(path))
         for record in tf.data.TFRecordDataset(path):
             event = tf.compat.v1.Event.FromString(record.numpy())
@@ -215,3 +213,28 @@ def test_resumed_pretraining_ends_as_an_uninterrupted_run(tmp_path, cycle_split,
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert not os.path.isdir(tmp_path / "backup") or not os.listdir(tmp_path / "backup")
     assert not os.path.exists(tmp_path / "progress")
+
+
+@pytest.mark.parametrize("case", ["typical", "reserved_positives", "underflow"])
+def test_full_softmax_loss_matches_the_masked_cross_entropy(case):
+    """The fused full-catalog loss has the value and gradients of mask_excluded logits through
+    sparse_softmax_cross_entropy_with_logits, also for positives at reserved indices and for rows
+    whose positive's probability underflows."""
+    from tfmarl.agents.system import mask_excluded
+    from tfmarl.training.recommender import full_softmax_loss
+
+    rng = np.random.default_rng(0)
+    positives = rng.integers(2, 50, 40)
+    if case == "reserved_positives":
+        positives[:2] = [0, 1]
+    queries = tf.constant(rng.normal(size=(40, 8)) * (30.0 if case == "underflow" else 1.0), tf.float32)
+    items = tf.constant(rng.normal(size=(50, 8)), tf.float32)
+    positives = tf.constant(positives, tf.int32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([queries, items])
+        logits = mask_excluded(tf.matmul(queries, items, transpose_b=True))
+        expected = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(positives, logits))
+        got = full_softmax_loss(queries, positives, items)
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    for want, have in zip(tape.gradient(expected, [queries, items]), tape.gradient(got, [queries, items]), strict=True):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5)

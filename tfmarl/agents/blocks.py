@@ -45,7 +45,8 @@ class CausalSelfAttention(tf.keras.layers.Layer):
         H = self.num_heads
         qkv = tf.reshape(self.qkv(x), [B, L, 3, H, D // H])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, L, Dh]
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # One unstack, not three slices: each slice's gradient is a full-size tensor of zeros.
+        q, k, v = tf.unstack(qkv)
         scores = tf.matmul(q, k, transpose_b=True) * (float(D // H) ** -0.5) + attention_bias
         weights = self.attention_dropout(tf.nn.softmax(scores, axis=-1), training=training)
         context = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])  # [B, L, H, Dh]

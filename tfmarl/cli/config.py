@@ -147,11 +147,29 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass
+class IndexConfig:
+    """Knobs of ``export.retrieval: partitioned`` (`tfmarl.export.partitioned.PartitionedIndex`);
+    null takes its default."""
+    partitions: typing.Optional[int] = None  # default about 2 sqrt(catalog size)
+    probes: typing.Optional[int] = None  # partitions scored per request (default 24)
+    quantization: typing.Optional[str] = choice(None, "int8", "bfloat16", doc="or null: float32 partitions")
+    rerank: typing.Optional[int] = None  # float32 re-ranking candidates with quantization (default 100)
+
+    def options(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+
+@dataclasses.dataclass
 class ExportConfig:
     dir: str = "savedmodels/quickstart"
     k: int = 10
-    retrieval: str = choice("brute_force", "brute_force", "scann", "exact")
+    retrieval: str = choice("brute_force", "brute_force", "partitioned", "scann", "exact")
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     warmup: bool = True
+
+    def index_options(self) -> typing.Optional[dict]:
+        """``index`` as the exporters' ``index_options`` (None unless retrieval is partitioned)."""
+        return self.index.options() if self.retrieval == "partitioned" else None
 
 
 @dataclasses.dataclass
@@ -261,6 +279,16 @@ def _check_values(config, where):
             raise ConfigError(f"{path}: must be in [0, 1], got {value}")
         if f.name.endswith("_floor") and value < 0:
             raise ConfigError(f"{path}: must be >= 0, got {value}")
+    if isinstance(config, IndexConfig):
+        for key in ("partitions", "probes", "rerank"):
+            value = getattr(config, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}.{key}: must be a positive integer or null, got {value}")
+        if config.probes is not None and config.partitions is not None and config.probes > config.partitions:
+            raise ConfigError(f"{where}.probes: {config.probes} is more than {where}.partitions={config.partitions}")
+        if config.rerank is not None and config.quantization is None:
+            raise ConfigError(f"{where}.rerank: applies to quantized partitions only; set {where}.quantization "
+                              "to int8 or bfloat16")
     if isinstance(config, EvaluateConfig):
         bad = [b for b in config.baselines if b not in BASELINES]
         if bad:
@@ -315,6 +343,14 @@ def _check_consistency(config: Config) -> None:
     if rl.algorithm == "multiagent" and ma.domains > ma.facets:
         raise ConfigError(f"rl.multiagent.domains: {ma.domains} domains need at least as many facets "
                           f"(rl.multiagent.facets={ma.facets})")
+    knobs = config.export.index.options()
+    if knobs and config.export.retrieval != "partitioned":
+        raise ConfigError(f"export.index.{next(iter(knobs))}: applies only with export.retrieval: partitioned "
+                          f"(got {config.export.retrieval})")
+    partitions = config.export.index.partitions
+    if config.data.source == "synthetic" and partitions is not None and partitions > config.data.synthetic.n_items:
+        raise ConfigError(f"export.index.partitions: {partitions} is more than the catalog's "
+                          f"{config.data.synthetic.n_items} items (data.synthetic.n_items)")
     if config.export.retrieval == "scann" and importlib.util.find_spec("scann") is None:
         raise ConfigError("export.retrieval: 'scann' needs the scann package (pip install scann); "
                           "choose brute_force or exact otherwise")

@@ -353,10 +353,11 @@ class Pipeline:
         algorithm = s.get("algorithm")
         meta = {"run_dir": str(self.run_dir), "algorithm": self.config.rl.algorithm}
         if algorithm is None:
-            path = export_recommender(s["model"], cfg.dir, k=cfg.k, retrieval=cfg.retrieval, metadata=meta,
-                                      warmup=cfg.warmup)
+            path = export_recommender(s["model"], cfg.dir, k=cfg.k, retrieval=cfg.retrieval,
+                                      index_options=cfg.index_options(), metadata=meta, warmup=cfg.warmup)
         else:
-            path = algorithm.export(cfg.dir, k=cfg.k, retrieval=cfg.retrieval, metadata=meta, warmup=cfg.warmup)
+            path = algorithm.export(cfg.dir, k=cfg.k, retrieval=cfg.retrieval, index_options=cfg.index_options(),
+                                    metadata=meta, warmup=cfg.warmup)
         s["export"] = {"path": str(path), "model_base_path": cfg.dir}
         atomic_write_text(record, json.dumps(s["export"], indent=2))
         self.say(f"   wrote {path}")

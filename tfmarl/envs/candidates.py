@@ -79,6 +79,13 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
         self._action_spec = array_spec.BoundedArraySpec((k,), np.int32, minimum=0, maximum=self._n - 1,
                                                         name="slate_positions")
         self._candidates = None
+        self._user_state = None
+
+    @property
+    def last_user_state(self):
+        """The ``user_state`` [B, D] ``retrieve`` returned with the current candidates (when it
+        returns a dict holding one, as `tfmarl.rl.CandidateRetriever` does), else None."""
+        return self._user_state
 
     @property
     def batched(self) -> bool:
@@ -135,6 +142,7 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
         if candidates.shape != (self.batch_size, self._n):
             raise ValueError(f"retrieve returned shape {candidates.shape}, expected {(self.batch_size, self._n)}")
         self._candidates = candidates
+        self._user_state = out.get("user_state") if isinstance(out, dict) else None
         observation = dict(time_step.observation, candidates=candidates)
         if self._item_facets is not None:
             observation["candidate_facets"] = self._item_facets[candidates]

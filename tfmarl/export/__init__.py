@@ -1,6 +1,7 @@
 """Export: versioned SavedModels with the `serving_default` contract TF Serving loads."""
 
 from tfmarl._lazy import lazy_getattr
+from tfmarl.export.partitioned import PartitionedIndex
 from tfmarl.export.savedmodel import SIGNATURE_KEY, existing_versions, export_recommender, write_version
 
 # RL exports load TF-Agents: resolved on first use.
@@ -9,4 +10,4 @@ _LAZY = {name: "tfmarl.export.policy" for name in
 
 __getattr__ = lazy_getattr(globals(), _LAZY)
 
-__all__ = ["SIGNATURE_KEY", "existing_versions", "export_recommender", "write_version", *sorted(_LAZY)]
+__all__ = ["PartitionedIndex", "SIGNATURE_KEY", "existing_versions", "export_recommender", "write_version", *sorted(_LAZY)]

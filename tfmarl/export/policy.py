@@ -20,7 +20,7 @@ import tensorflow as tf
 import tfmarl
 from tfmarl.agents.blocks import NEG_INF, history_window
 from tfmarl.contract import INPUT_NAME, OUTPUT_ITEM_IDS, OUTPUT_SCORES, OUTPUT_VALUES, SIGNATURE_KEY
-from tfmarl.export.savedmodel import RecommenderServing, history_indices, save_servable, write_version
+from tfmarl.export.savedmodel import RecommenderServing, history_indices, index_metadata, save_servable, write_version
 
 
 def save_policy(policy, export_dir, *, batch_size: int | None = None) -> pathlib.Path:
@@ -102,8 +102,9 @@ class CandidateRecommenderServing(RecommenderServing):
     top K."""
 
     def __init__(self, model, score, vocabulary, *, k: int, num_candidates: int, variables,
-                 retrieval: str = "brute_force"):
-        super().__init__(model, vocabulary, k, model.max_length, retrieval, name="tfmarl_rl_recommender")
+                 retrieval: str = "brute_force", index_options: dict | None = None):
+        super().__init__(model, vocabulary, k, model.max_length, retrieval, name="tfmarl_rl_recommender",
+                         index_options=index_options)
         self._fn.score = score  # a plain namespace: only variables are exported
         self.num_candidates = int(num_candidates)
         self.scorer_variables = list(variables)
@@ -129,8 +130,8 @@ class CandidateRecommenderServing(RecommenderServing):
 
 
 def export_candidate_recommender(model, score, export_dir, *, variables=(), k: int = 10, num_candidates: int = 50,
-                                 retrieval: str = "brute_force", metadata: dict | None = None,
-                                 warmup: bool = True) -> pathlib.Path:
+                                 retrieval: str = "brute_force", index_options: dict | None = None,
+                                 metadata: dict | None = None, warmup: bool = True) -> pathlib.Path:
     """Exports retrieval (``model``, a pretrained `SequentialRecommender` with an item
     vocabulary) followed by a learned candidate scorer as version ``<n+1>`` of ``export_dir``.
 
@@ -141,6 +142,7 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
         `bandit_scorer` or `multiagent_scorer`; ``item_vectors`` is the frozen catalog.
       variables: the scorer's variables (so the SavedModel holds them).
       retrieval: how the ``num_candidates`` are retrieved, as in `export_recommender`.
+      index_options: the knobs of ``retrieval="partitioned"``, as in `export_recommender`.
       warmup: also write TF Serving warm-up requests.
     """
     vocabulary = getattr(model, "item_vocabulary", None)
@@ -152,9 +154,9 @@ def export_candidate_recommender(model, score, export_dir, *, variables=(), k: i
     if expected is not None and expected != num_candidates:
         raise ValueError(f"the scorer was built for {expected} candidates, not num_candidates={num_candidates}")
     module = CandidateRecommenderServing(model, score, vocabulary, k=k, num_candidates=num_candidates,
-                                         variables=variables, retrieval=retrieval)
+                                         variables=variables, retrieval=retrieval, index_options=index_options)
     info = {"tfmarl_version": tfmarl.__version__, "k": k, "num_candidates": num_candidates,
-            "retrieval": module.retrieval, "signature": SIGNATURE_KEY, "num_items": int(model.num_items),
+            "retrieval": module.retrieval, **index_metadata(module), "signature": SIGNATURE_KEY, "num_items": int(model.num_items),
             "created": time.time(), **(metadata or {})}
 
     warm = (vocabulary, pathlib.Path(export_dir).name, module.max_length) if warmup else None

@@ -26,6 +26,7 @@ from tfmarl.agents.blocks import NEG_INF, history_window
 from tfmarl.agents.system import mask_excluded
 from tfmarl.contract import EXTRA_DIR, INPUT_NAME, OUTPUT_ITEM_IDS, OUTPUT_SCORES, PAD_ID, SIGNATURE_KEY
 from tfmarl.data.vocab import NUM_RESERVED, OOV_INDEX, PAD_INDEX, Vocabulary
+from tfmarl.export.partitioned import PartitionedIndex, check_index_options
 
 METADATA_FILE = "tfmarl.json"
 
@@ -42,7 +43,7 @@ def lookup_table(vocabulary: Vocabulary) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=OOV_INDEX)
 
 
-RETRIEVALS = ("brute_force", "scann", "exact")
+RETRIEVALS = ("brute_force", "scann", "exact", "partitioned")
 
 
 class ItemIndex(tfrs.layers.factorized_top_k.BruteForce):
@@ -60,20 +61,26 @@ class RecommenderServing(tf.Module):
     The catalog's item vectors are computed once at export time and frozen into the SavedModel
     (a request then costs one history encoding plus one retrieval, whatever the catalog size).
     Retrieval: ``"brute_force"`` (TFRS `BruteForce` index: top ``K + excluded`` candidates, then
-    the history and reserved indices are removed), ``"scann"`` (TFRS `ScaNN`, approximate; needs
-    the `scann` package), or ``"exact"`` (masked scores over the whole catalog). Pairwise
-    (MLP/DCN) system agents always use ``"exact"``. Holds variables only, not the Keras objects.
+    the history and reserved indices are removed), ``"partitioned"`` (a `PartitionedIndex`:
+    approximate, stock TensorFlow ops only, the same ``K + excluded`` then removal; its knobs in
+    ``index_options``), ``"scann"`` (TFRS `ScaNN`, approximate; needs the `scann` package and its
+    custom ops to load), or ``"exact"`` (masked scores over the whole catalog). Pairwise (MLP/DCN)
+    system agents always use ``"exact"``. Holds variables only, not the Keras objects.
     """
 
     def __init__(self, model, vocabulary: Vocabulary, k: int, max_length: int, retrieval: str = "brute_force",
-                 name: str = "tfmarl_recommender"):
+                 name: str = "tfmarl_recommender", index_options: dict | None = None):
         super().__init__(name=name)
         if vocabulary.size != model.num_items:
             raise ValueError(f"vocabulary has {vocabulary.size} indices, model {model.num_items}")
         if retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
+        index_options = check_index_options(index_options)
+        if index_options and retrieval != "partitioned":
+            raise ValueError(f"index_options apply to retrieval='partitioned' only, got retrieval={retrieval!r}")
         factorized = model.system_agent.is_factorized
         self.retrieval = retrieval if factorized else "exact"
+        self.index_description = None  # the fitted PartitionedIndex's knobs and layout (export metadata)
         vectors = model.item_vectors(training=False)
         self.k = min(int(k), vocabulary.size - NUM_RESERVED)
         self.max_length = int(max_length)
@@ -86,6 +93,10 @@ class RecommenderServing(tf.Module):
             self.index = tfrs.layers.factorized_top_k.ScaNN(k=self.k, num_reordering_candidates=max(100, 4 * self.k))
             self.item_vectors = tf.Variable(vectors, trainable=False, name="item_vectors")
             self.index.index(vectors, identifiers)
+        elif self.retrieval == "partitioned":
+            self.index = PartitionedIndex(vectors, reserved=NUM_RESERVED, **index_options)
+            self.item_vectors = self.index.vectors  # rows = indices: also the item table
+            self.index_description = self.index.description
         else:
             self.index = ItemIndex(k=self.k)
             self.index.index(vectors, identifiers)
@@ -111,7 +122,10 @@ class RecommenderServing(tf.Module):
             return window, top.indices, top.values, vectors
         # Enough neighbours that k remain after dropping the history and reserved indices.
         extra = tf.shape(indices)[1] + NUM_RESERVED
-        values, items = self.index(state, k=tf.minimum(k + extra, tf.shape(vectors)[0]))
+        if self.retrieval == "partitioned":
+            values, items = self.index(state, tf.minimum(k + extra, tf.shape(vectors)[0]), vectors=vectors)
+        else:
+            values, items = self.index(state, k=tf.minimum(k + extra, tf.shape(vectors)[0]))
         excluded = (items < NUM_RESERVED) | tf.reduce_any(items[:, :, None] == indices[:, None, :], axis=-1)
         top = tf.math.top_k(tf.where(excluded, NEG_INF, values), k=k)
         return window, tf.gather(items, top.indices, batch_dims=1), top.values, vectors
@@ -123,8 +137,8 @@ class RecommenderServing(tf.Module):
 
 
 def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = None, *, k: int | None = None,
-                       retrieval: str = "brute_force", metadata: dict | None = None,
-                       warmup: bool = True) -> pathlib.Path:
+                       retrieval: str = "brute_force", index_options: dict | None = None,
+                       metadata: dict | None = None, warmup: bool = True) -> pathlib.Path:
     """Exports ``model`` as version ``<n+1>`` under ``export_dir``; returns that version's path.
 
     The SavedModel is written to a hidden temporary directory beside the versions and renamed into
@@ -136,7 +150,13 @@ def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = N
       export_dir: the model base path, e.g. "savedmodels/movies".
       item_vocabulary: defaults to ``model.item_vocabulary``.
       k: slate size (default: the system agent's k, else 10).
-      retrieval: "brute_force" (TFRS index), "scann" (approximate, needs scann) or "exact".
+      retrieval: "brute_force" (TFRS index), "partitioned" (`tfmarl.export.partitioned.PartitionedIndex`:
+        approximate, stock TensorFlow ops, so TF Serving loads it), "scann" (approximate, needs
+        scann) or "exact".
+      index_options: the partitioned index's knobs, e.g. ``{"partitions": 1000, "probes": 16,
+        "quantization": "int8", "rerank": 100}`` (any subset; see `PartitionedIndex`; defaults:
+        about 2 sqrt(num_items) partitions, 24 of them probed, float32). Only with
+        ``retrieval="partitioned"``; the fitted values go into the metadata under ``"index"``.
       metadata: extra JSON-serialisable facts stored in ``assets.extra/tfmarl.json``.
       warmup: also write TF Serving warm-up requests (``assets.extra/tf_serving_warmup_requests``).
     """
@@ -144,13 +164,18 @@ def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = N
     if vocabulary is None:
         raise ValueError("the model has no item_vocabulary: pass item_vocabulary= to export string ids")
     k = k or getattr(getattr(model, "system_agent", None), "k", 10)
-    module = RecommenderServing(model, vocabulary, k, model.max_length, retrieval)
+    module = RecommenderServing(model, vocabulary, k, model.max_length, retrieval, index_options=index_options)
     info = {"tfmarl_version": tfmarl.__version__, "k": module.k, "max_length": module.max_length,
-            "retrieval": module.retrieval,
+            "retrieval": module.retrieval, **index_metadata(module),
             "num_items": int(model.num_items), "signature": SIGNATURE_KEY, "created": time.time(),
             **(metadata or {})}
     warm = (vocabulary, pathlib.Path(export_dir).name, module.max_length) if warmup else None
     return write_version(export_dir, lambda path: save_servable(module, path, info, warm))
+
+
+def index_metadata(module) -> dict:
+    """``{"index": knobs and layout}`` for a partitioned export, else ``{}``."""
+    return {"index": module.index_description} if module.index_description else {}
 
 
 def save_servable(module, path: pathlib.Path, info: dict, warmup=None) -> None:

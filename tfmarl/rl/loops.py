@@ -170,11 +170,26 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
     checkpointer = _checkpointer(checkpoint_dir, agent=agent, replay_buffer=replay, global_step=global_step)
     start = int(global_step.numpy())
     policy = QSlatePolicy(q_network, env.session.config.slate_size, seed=seed + start)
-    train = common.function(agent.train)
-    dataset = replay.as_dataset(sample_batch_size=batch_size, num_steps=2, num_parallel_calls=2).prefetch(2)
-    iterator = iter(dataset)
+    replay_states = "state" in agent.time_step_spec.observation  # see build_dqn(replay_states=True)
+    # Sampling and the train step in one compiled call, and a compiled add: no dataset iterator and
+    # no eager per-field ops between environment steps.
+    train = common.function(lambda: agent.train(replay.get_next(sample_batch_size=batch_size, num_steps=2)[0]))
+    @common.function
+    def add_batch(items):
+        replay.add_batch(items)  # its graph-mode result is an op, which tf.function cannot return
+
     writer = _writer(log_dir)
-    time_step = env.reset()
+
+    def observed(time_step):
+        if not replay_states:
+            return time_step
+        state = env.last_user_state
+        if state is None:
+            raise ValueError("the agent replays user states but the environment's retrieval returned none "
+                             "(retrieve must return a dict with user_state, as CandidateRetriever does)")
+        return time_step._replace(observation=dict(time_step.observation, state=np.asarray(state, np.float32)))
+
+    time_step = observed(env.reset())
     session_return, session_clicks, session_steps = np.zeros(batch), np.zeros(batch), np.zeros(batch)
     finished, losses, q_means, curve = [], [], [], []
     train_steps, began = 0, time.perf_counter()
@@ -183,10 +198,10 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
         q = policy.q_values(time_step.observation)
         positions = policy.positions_from_q(q)
         q_means.append(float(q.mean()))
-        next_step = env.step(positions)
+        next_step = observed(env.step(positions))
         info = env.last_info
         action = consumed_positions(positions, info)
-        replay.add_batch(_to_tensors(trajectory.Trajectory(
+        add_batch(_to_tensors(trajectory.Trajectory(
             step_type=time_step.step_type, observation=time_step.observation, action=action, policy_info=(),
             next_step_type=next_step.step_type, reward=np.asarray(next_step.reward, np.float32),
             discount=next_step.discount)))
@@ -202,8 +217,7 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
         global_step.assign_add(1)
         done = step_index + 1
         if done - start > warmup_steps:
-            experience, _ = next(iterator)
-            losses.append(float(train(experience).loss))
+            losses.append(float(train().loss))
             train_steps += 1
         if done % log_every == 0 or done == num_steps:
             point = {"step": done, "epsilon": policy.epsilon, "q_mean": float(np.mean(q_means))}

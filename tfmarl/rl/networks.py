@@ -20,6 +20,9 @@ from tf_agents.networks import network
 
 from tfmarl.agents import ContentAgent, UserAgent
 
+# Up to this catalog size the Q-network adapts the whole catalog once per call and gathers.
+CATALOG_PASS_MAX_ITEMS = 50_000
+
 GLOBAL = bandit_spec_utils.GLOBAL_FEATURE_KEY
 PER_ARM = bandit_spec_utils.PER_ARM_FEATURE_KEY
 
@@ -151,41 +154,87 @@ class CandidateQNetwork(network.Network):
     """Q(s, c_j) for the N candidates of an observation {"history": [B, L], "candidates": [B, N], "step": [B]}.
 
     The user state comes from a `UserAgent` over the Content-agent vectors of the history, each
-    candidate's vector from the `ContentAgent`; a small MLP on [state ⊙ item, item, state, step]
-    plus the scaled inner product gives the Q-value. `warm_start` copies the agents' pretrained
-    weights in.
+    candidate's vector from the `ContentAgent`; both pass through identity-initialised linear
+    adapters (s' = U s, v' = A v: what RL can re-map when the agents stay frozen), then a small MLP
+    on [s' ⊙ v', v', s', step] plus the scaled inner product <s', v'> gives the Q-value.
+    `warm_start` copies the agents' pretrained weights in.
+
+    With ``trainable_encoders=False`` the agents stay as pretrained (only the MLP learns) and an
+    observation may carry the state it would compute, ``"state"`` [B, D] (the replay then stores
+    it once instead of re-running the User agent in every train step); without one the network
+    encodes the history. The MLP's first layer is evaluated without materialising its
+    [B, N, 3D + 1] input: the state and step blocks are shared by a row's candidates and
+    ``(s ⊙ v) K1 + v K2 = v (diag(s) K1 + K2)``.
 
     Args:
       observation_spec: the candidate environment's observation spec.
       user_agent_config, content_agent_config: `get_config()` of the agents to build.
       hidden_units: MLP widths.
       max_steps: session cap, to scale the step feature.
+      trainable_encoders: whether RL fine-tunes the User and Content agents.
     """
 
     def __init__(self, observation_spec, user_agent_config: dict, content_agent_config: dict,
-                 hidden_units=(64,), max_steps: int = 50, name="CandidateQNetwork"):
+                 hidden_units=(64,), max_steps: int = 50, trainable_encoders: bool = True, name="CandidateQNetwork"):
         super().__init__(observation_spec, state_spec=(), name=name)
         self._user = UserAgent.from_config(dict(user_agent_config, name="user_agent"))
         self._content = ContentAgent.from_config(dict(content_agent_config, name="content_agent"))
+        self.trainable_encoders = bool(trainable_encoders)
+        self._user.trainable = self._content.trainable = self.trainable_encoders
+        dim = int(self._user.dim)
+        identity = tf.keras.initializers.Identity()
+        self._user_adapter = tf.keras.layers.Dense(dim, use_bias=False, kernel_initializer=identity,
+                                                   name="user_adapter")
+        self._item_adapter = tf.keras.layers.Dense(dim, use_bias=False, kernel_initializer=identity,
+                                                   name="item_adapter")
         self._hidden = [tf.keras.layers.Dense(u, activation="relu", name=f"q_hidden_{i}")
                         for i, u in enumerate(hidden_units)]
         self._out = tf.keras.layers.Dense(1, name="q_out")
         self._dot_scale = tf.Variable(0.0, name="dot_scale")  # starts ignoring the pretrained affinity
         self._max_steps = float(max_steps)
 
+    @property
+    def stores_states(self) -> bool:
+        """Whether observations may carry the User agent's ``"state"`` (frozen agents only)."""
+        return not self.trainable_encoders
+
+    @property
+    def state_dim(self) -> int:
+        return int(self._user.dim)
+
+    def encode_state(self, history, training=False):
+        history = tf.cast(history, tf.int32)
+        return self._user(self._content(history, training=training), mask=history > 0, training=training)
+
     def call(self, observation, step_type=None, network_state=(), training=False):
-        history = tf.cast(observation["history"], tf.int32)
-        candidates = tf.cast(observation["candidates"], tf.int32)
-        state = self._user(self._content(history, training=training), mask=history > 0, training=training)
-        items = self._content(candidates, training=training)  # [B, N, D]
-        n = tf.shape(items)[1]
-        s = tf.tile(state[:, None, :], [1, n, 1])
-        step = tf.cast(observation["step"], tf.float32)[:, None, None] / self._max_steps
-        x = tf.concat([s * items, items, s, tf.tile(step, [1, n, 1])], axis=-1)
-        for layer in self._hidden:
+        return self.q_values(observation, observation["candidates"], training=training), network_state
+
+    def q_values(self, observation, candidates, training=False):
+        """Q [B, X] of the items ``candidates`` int [B, X] (e.g. the observation's candidates, or
+        one chosen candidate per row) in the observation's state."""
+        if self.stores_states and "state" in observation:
+            state = tf.cast(observation["state"], tf.float32)
+        else:
+            state = self.encode_state(observation["history"], training=training)
+        state = self._user_adapter(state)
+        candidates = tf.cast(candidates, tf.int32)
+        if self._content.num_items <= CATALOG_PASS_MAX_ITEMS:  # adapt the catalog once, then gather
+            items = tf.gather(self._item_adapter(self._content.catalog(training=training)), candidates)
+        else:
+            items = self._item_adapter(self._content(candidates, training=training))  # [B, X, D]
+        step = tf.cast(observation["step"], tf.float32) / self._max_steps
+        layers = self._hidden + [self._out]
+        first, d = layers[0], self.state_dim
+        if not first.built:
+            first.build((None, 3 * d + 1))
+        k = first.kernel
+        per_row = state[:, :, None] * k[None, :d] + k[None, d:2 * d]  # diag(s') K1 + K2: [B, D, H]
+        shared = tf.matmul(state, k[2 * d:3 * d]) + step[:, None] * k[3 * d:] + first.bias  # [B, H]
+        x = first.activation(tf.matmul(items, per_row) + shared[:, None, :])
+        for layer in layers[1:]:
             x = layer(x, training=training)
-        q = tf.squeeze(self._out(x), -1) + self._dot_scale * tf.reduce_sum(s * items, -1)
-        return q, network_state
+        affinity = tf.matmul(items, state[:, :, None])[..., 0]
+        return tf.squeeze(x, -1) + self._dot_scale * affinity
 
     def warm_start(self, model) -> None:
         """Copies the pretrained agents' weights (a `SequentialRecommender`'s) into this network."""

@@ -150,11 +150,17 @@ class QSlatePolicy(SlatePolicy):
 
     Works on `tfmarl.envs.CandidateSessionEnvironment` observations (which carry
     ``candidates``) through `positions`, and on plain session observations through ``__call__``
-    (retrieving candidates itself).
+    (retrieving candidates itself; with ``states_from_retriever``, for a frozen Q-network whose
+    agents are the retriever's model's, the retrieval's user state is passed on as the
+    observation's ``"state"`` instead of being computed again).
     """
 
-    def __init__(self, q_network, slate_size: int, *, retriever=None, epsilon: float = 0.0, seed: int = 0):
+    def __init__(self, q_network, slate_size: int, *, retriever=None, epsilon: float = 0.0, seed: int = 0,
+                 states_from_retriever: bool = False):
         super().__init__(slate_size)
+        if states_from_retriever and not getattr(q_network, "stores_states", False):
+            raise ValueError("states_from_retriever needs a Q-network with frozen agents (trainable_encoders=False)")
+        self._states_from_retriever = bool(states_from_retriever)
         self._q = q_network
         self._retriever = retriever
         self.epsilon = float(epsilon)
@@ -169,6 +175,8 @@ class QSlatePolicy(SlatePolicy):
         length = int(self._q.input_tensor_spec["history"].shape[0])
         observation = dict(observation, history=fit_history(observation["history"], length))
         obs = {k: tf.constant(np.asarray(observation[k], np.int32)) for k in ("history", "step", "candidates")}
+        if "state" in observation and getattr(self._q, "stores_states", False):  # computed once, upstream
+            obs["state"] = tf.constant(np.asarray(observation["state"], np.float32))
         return self._q_values(obs).numpy()
 
     def positions(self, observation) -> np.ndarray:
@@ -183,7 +191,11 @@ class QSlatePolicy(SlatePolicy):
         if "candidates" not in observation:
             if self._retriever is None:
                 raise ValueError("observation has no candidates and the policy has no retriever")
-            observation = dict(observation, candidates=self._retriever(observation["history"])["candidates"])
+            retrieved = self._retriever(observation["history"])
+            observation = dict(observation, candidates=retrieved["candidates"])
+            length = int(self._q.input_tensor_spec["history"].shape[0])
+            if self._states_from_retriever and np.shape(observation["history"])[1] <= length:
+                observation["state"] = retrieved["user_state"]
         positions = self.positions(observation)
         return np.take_along_axis(np.asarray(observation["candidates"]), positions, axis=1).astype(np.int32)
 

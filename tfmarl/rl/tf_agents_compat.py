@@ -4,6 +4,10 @@ tfmarl needs a few facts TF-Agents keeps private (a bandit policy's exploration 
 exact propensities for off-policy evaluation). They are read only through `private` here, which
 names the missing attribute and the tested TF-Agents version when an upgrade moved one, instead of
 failing somewhere deep in a training loop.
+
+One private method is overridden rather than read: `DqnAgent._compute_q_values(time_steps,
+actions, training)` (``tfmarl.rl.dqn._ActionQ``, which evaluates Q at the action's candidate
+only); `check_overrides` verifies that its signature is still the tested one.
 """
 
 from __future__ import annotations
@@ -70,3 +74,16 @@ def accepts_per_arm_features(policy) -> bool:
 def exploration_mask(policy):
     """EpsilonGreedyPolicy's exploration mask (or None)."""
     return private(policy, "_exploration_mask")
+
+
+def check_overrides() -> None:
+    """Raises if a TF-Agents method tfmarl overrides no longer has the tested signature."""
+    import inspect
+
+    from tf_agents.agents.dqn import dqn_agent
+
+    method = getattr(dqn_agent.DqnAgent, "_compute_q_values", None)
+    expected = ["self", "time_steps", "actions", "training"]
+    if method is None or list(inspect.signature(method).parameters) != expected:
+        raise AttributeError(f"DqnAgent._compute_q_values({', '.join(expected[1:])}) changed: tfmarl overrides it as of "
+                             f"tf-agents {TESTED_VERSION}, and tf-agents {tf_agents.__version__} is installed")

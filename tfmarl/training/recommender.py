@@ -156,6 +156,8 @@ class SequentialRecommender(tfrs.models.Model):
 
     def _summed_loss(self, queries, positives, items):
         if self.loss_type == "full":
+            if self.system_agent.is_factorized:  # the [targets, catalog] softmax dominates a step: fused
+                return full_softmax_loss(queries, positives, items)
             logits = mask_excluded(self.system_agent.score(queries, items))
             return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(positives, logits))
         candidates = positives
@@ -198,3 +200,57 @@ class SequentialRecommender(tfrs.models.Model):
         history = tf.constant([[NUM_RESERVED]], tf.int32)
         self({"history": history})
         return self
+
+
+def full_softmax_loss(queries, positives, items):
+    """Summed cross-entropy of inner-product scores over the whole catalog, reserved indices
+    (padding, OOV) masked: ``sum_i -log softmax(queries[i] @ items.T)[positives[i]]``.
+
+    The value and gradients equal those of ``mask_excluded`` logits fed to
+    ``tf.nn.sparse_softmax_cross_entropy_with_logits`` (a positive at a reserved index costs
+    about ``-NEG_INF`` and, as there, sends no gradient to that index's vector), at about half
+    the cost on CPU: the reserved columns are left out instead of masked (no select over the
+    [T, num_items] logits, nor its gradient), the logits are normalised by one softmax kernel,
+    and the gradient is formed from the kept probabilities by two matmuls, the one-hot part
+    and the scalar scale applied to their [T, dim] / [num_items, dim] results instead of to
+    [T, num_items] tensors.
+
+    queries: float [T, D]; positives: int [T]; items: float [num_items, D] -> scalar.
+    """
+
+    @tf.custom_gradient
+    def loss(queries, items):
+        candidates = items[NUM_RESERVED:]  # the masked columns never get probability: leave them out
+        labels = positives - NUM_RESERVED
+        real = labels >= 0
+        labels = tf.maximum(labels, 0)
+        logits = tf.matmul(queries, candidates, transpose_b=True)  # [T, C]
+        probs = tf.nn.softmax(logits)
+        p = tf.gather(probs, labels[:, None], batch_dims=1)[:, 0]
+        # -log p is exact while p is a normal float; rows whose positive is reserved or so unlikely
+        # that p underflows (rare) take the exact logsumexp - logit from their logits.
+        exact = tf.logical_and(real, p >= _SMALLEST_NORMAL)
+        total = tf.reduce_sum(tf.where(exact, -tf.math.log(tf.where(exact, p, 1.0)), 0.0))
+        rows = tf.where(tf.logical_not(exact))[:, 0]
+        row_logits = tf.gather(logits, rows)
+        label_logits = tf.where(tf.gather(real, rows),
+                                tf.gather(row_logits, tf.gather(labels, rows)[:, None], batch_dims=1)[:, 0],
+                                tf.cast(NEG_INF, logits.dtype))
+        total += tf.reduce_sum(tf.reduce_logsumexp(row_logits, axis=1) - label_logits)
+
+        def grad(upstream):
+            # d/dlogits = upstream * (probs - onehot(positives)); onehot only at real positives.
+            one_hot_rows = tf.where(real[:, None], tf.gather(candidates, labels), 0.0)
+            d_queries = upstream * (tf.matmul(probs, candidates) - one_hot_rows)
+            kept = tf.where(real[:, None], queries, 0.0)
+            d_candidates = upstream * (tf.matmul(probs, queries, transpose_a=True)
+                                       - tf.math.unsorted_segment_sum(kept, labels, tf.shape(candidates)[0]))
+            d_items = tf.pad(d_candidates, [[NUM_RESERVED, 0], [0, 0]])
+            return d_queries, d_items
+
+        return total, grad
+
+    return loss(queries, items)
+
+
+_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)

@@ -64,9 +64,6 @@ class Algorithm:
       strategy: a `tf.distribute.Strategy` to build and train under (default: the current one).
     """
 
-    #: the default of ``trainable_encoders``: whether RL fine-tunes the pretrained agents' layers.
-    fine_tunes_encoders = False
-
     def __init__(self, model, user_model, *, algorithm: str | None = None, session_config=None,
                  candidates: int = 100, batch_size: int = 64, seed: int = 0, item_counts=None,
                  checkpoint_dir=None, log_dir=None, strategy: tf.distribute.Strategy | None = None, **options):
@@ -129,13 +126,15 @@ class Algorithm:
         raise TypeError(f"{self.name} learns only by stepping its simulator (train); learn_from is supported by: "
                         + ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.learn_from is not Algorithm.learn_from)))
 
-    def export(self, export_dir, *, k: int = 10, retrieval: str = "brute_force", metadata: dict | None = None,
-               warmup: bool = True) -> pathlib.Path:
+    def export(self, export_dir, *, k: int = 10, retrieval: str = "brute_force", index_options: dict | None = None,
+               metadata: dict | None = None, warmup: bool = True) -> pathlib.Path:
         """Writes version ``<n+1>`` of ``export_dir``: retrieval of the N candidates, this
-        algorithm's learned scorer, the top ``k`` (the `tfmarl.contract` signature)."""
+        algorithm's learned scorer, the top ``k`` (the `tfmarl.contract` signature). ``retrieval``
+        and ``index_options`` (the knobs of ``"partitioned"``) as in `tfmarl.export.export_recommender`."""
         from tfmarl.export.policy import export_candidate_recommender
 
         score, variables = self.scorer()
         return export_candidate_recommender(self.model, score, export_dir, variables=variables, k=k,
                                             num_candidates=self.candidates, retrieval=retrieval,
+                                            index_options=index_options,
                                             metadata={"algorithm": self.name, **(metadata or {})}, warmup=warmup)

@@ -53,7 +53,9 @@ class MultiAgent(Algorithm):
             self.learner, self.env, self.retriever.item_vectors, counts, reward=self.reward,
             batch_size=replay_batch_size, warmup_steps=warmup_steps,
             epsilon=epsilon if epsilon is not None else linear_schedule(0.2, 0.02, 500), seed=self.seed,
-            checkpoint_dir=self.checkpoint_dir, log_dir=self.log_dir)
+            checkpoint_dir=self.checkpoint_dir, log_dir=self.log_dir,
+            # Frozen agents are the retriever's model's: its user states are the learner's.
+            states_from_env=not trainable_encoders)
 
     @classmethod
     def options_from_config(cls, rl) -> dict:
@@ -92,7 +94,8 @@ class MultiAgent(Algorithm):
     def slate_policy(self, *, sample: bool = False):
         from tfmarl.rl.multiagent import MultiAgentSlatePolicy
 
-        return MultiAgentSlatePolicy(self.learner, self.retriever, sample=sample)
+        return MultiAgentSlatePolicy(self.learner, self.retriever, sample=sample,
+                                     states_from_retriever=not self.learner.trainable_encoders)
 
     def scorer(self):
         from tfmarl.export.policy import multiagent_scorer

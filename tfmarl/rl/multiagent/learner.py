@@ -133,6 +133,17 @@ class MultiAgentLearner:
     def temperature(self):
         return tf.exp(self.log_temperature)
 
+    @property
+    def stores_states(self) -> bool:
+        """Whether the replay holds each observation's User-agent state (``"state"`` [D]): with
+        frozen agents an observation's encoding never changes, so it is computed once, when the
+        observation is acted on, and train steps read it instead of re-running the User agent."""
+        return not self.trainable_encoders
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.network.user_agent.dim)
+
     # --- acting ------------------------------------------------------------------------------
     def owner_values(self, proposals, candidate_facets):
         """Each candidate's value by its owning Content agent: [B, M, N] -> [B, N]."""
@@ -150,11 +161,22 @@ class MultiAgentLearner:
 
     def act(self, observation, sample: bool = False, seed=None):
         """Slate positions [B, K] (decentralised execution) and the facet probabilities."""
-        q_interest, content_q, critic_q = self.values(observation)
-        probs = self.facet_probabilities(q_interest)
-        positions, _ = compose_slate(probs, content_q, critic_q, observation["candidate_facets"], self.slate_size,
-                                     sample=sample, seed=seed)
+        positions, probs, _ = self.act_with_state(observation, sample=sample, seed=seed)
         return positions, probs
+
+    def act_with_state(self, observation, sample: bool = False, seed=None, state=None):
+        """`act`, plus the User agent's state [B, D] of the observation (what the replay stores).
+        A ``state`` passed in (the same agents' encoding, computed elsewhere) is used as is."""
+        if state is None:
+            state, items = self.network.encode(observation)
+        else:
+            items = self.network.encode_items(observation["candidates"])
+        out = self.network.heads(state, items, observation["step"], candidates=observation["candidates"])
+        content_q = self.owner_values(out["proposals"], observation["candidate_facets"])
+        probs = self.facet_probabilities(out["interest"])
+        positions, _ = compose_slate(probs, content_q, out.get("critic"), observation["candidate_facets"],
+                                     self.slate_size, sample=sample, seed=seed)
+        return positions, probs, state
 
     # --- training ----------------------------------------------------------------------------
     def _domain_masks(self, candidate_facets):
@@ -196,26 +218,41 @@ class MultiAgentLearner:
             groups.append(self.network.encoder_variables)
         with tf.GradientTape() as tape:
             both = tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), now, nxt)
-            state, items = self.network.encode(both)  # the one shared pass
-            current = self.network.heads(state[:b], items[:b], now["step"])
+            if "state" in sample:  # frozen agents: the states were computed when acting
+                state = tf.concat([sample["state"][:, 0], sample["state"][:, 1]], 0)
+                items = self.network.encode_items(both["candidates"])
+            else:
+                state, items = self.network.encode(both)  # the one shared pass
+            # A TD loss needs each head's value at its own action only: one candidate per row
+            # (all F facets for the interest head, whose entropy the temperature also follows).
+            actions = {name: tf.cast(sample["actions"][name][:, 0], tf.int32) for name in self.heads}
+            current = {}
+            for name in self.heads:
+                if name == "interest":
+                    interest = self.network.head_values(name, state[:b], None, now["step"])
+                    current[name] = tf.gather(interest, actions[name], batch_dims=1)
+                    continue
+                chosen = actions[name][:, None]
+                values = self.network.head_values(name, state[:b], tf.gather(items[:b], chosen, batch_dims=1),
+                                                  now["step"], tf.gather(now["candidates"], chosen, batch_dims=1))
+                current[name] = values[:, 0]
             # Of the next observations only the critic's online values are needed (Double DQN's argmax).
             online_next = tf.nest.map_structure(tf.stop_gradient, self.network.heads(
-                state[b:], items[b:], nxt["step"], names=("critic",) if self.use_critic else ()))
+                state[b:], items[b:], nxt["step"], names=("critic",) if self.use_critic else (),
+                candidates=nxt["candidates"]))
             # The targets bootstrap from the critic's target head alone (from each head's own without one).
             needed = ("critic",) if self.use_critic else ("interest", "proposals")
             if self.trainable_encoders:
                 next_state, next_items = self.target_network.encode(nxt)
             else:  # frozen agents: the target's layers equal the online ones, so their encoding is shared
                 next_state, next_items = state[b:], items[b:]
-            target_next = self.target_network.heads(next_state, next_items, nxt["step"], names=needed)
+            target_next = self.target_network.heads(next_state, next_items, nxt["step"], names=needed,
+                                                    candidates=nxt["candidates"])
             target_next = tf.nest.map_structure(tf.stop_gradient, target_next)
             bootstrap = self._bootstrap(online_next, target_next, nxt["candidate_facets"])
             losses = {}
             for name in self.heads:
-                values = (current[name] if name in ("interest", "critic")
-                          else current["proposals"][:, int(name.split("_")[1])])
-                action = tf.cast(sample["actions"][name][:, 0], tf.int32)
-                q = tf.gather(values, action, batch_dims=1)
+                q = current[name]
                 y = tf.stop_gradient(tf.cast(sample["rewards"][name][:, 0], tf.float32)
                                      + self.gamma * discount * bootstrap[name])
                 per_example = common.element_wise_huber_loss(y, q) * valid * sample["weights"][name][:, 0]
@@ -231,7 +268,7 @@ class MultiAgentLearner:
             else:
                 self.encoder_optimizer.apply_gradients(pairs)
         self.optimizer.apply_gradients(head_updates)
-        losses["entropy"] = self._temperature_step(tf.stop_gradient(current["interest"]), n)
+        losses["entropy"] = self._temperature_step(tf.stop_gradient(interest), n)
         self.train_step.assign_add(1)
         self._update_target()
         return losses

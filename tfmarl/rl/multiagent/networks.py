@@ -39,11 +39,19 @@ def _adapter(dim, name):
 
 
 class _ValueHead(tf.keras.layers.Layer):
-    """Q(s, x) for every row of ``x`` [B, X, D]: an MLP on [s ⊙ x, x, s, step] plus a learned
-    multiple of <s, x>."""
+    """Q(s, x) for every row of ``x`` [B, X, D]: an MLP on [s ⊙ x', x', s', step] (x' = A x and
+    s' = U s, the identity-initialised adapters) plus a learned multiple of <s', x'>.
+
+    The first layer is computed without materialising the [B, X, 3D + 1] input: its state and
+    step blocks are the same for every row of ``x``, and ``(s' ⊙ A x) K1 + (A x) K2 =
+    x · A (diag(s') K1 + K2)``, so each of the X rows costs one D × H product instead of an
+    adapter (D × D) and a (3D + 1) × H layer. The weights are the plain layers' (`naive_call`
+    computes the same values the direct way).
+    """
 
     def __init__(self, dim: int, hidden_units=(64,), dot_scale: float = 1.0, **kwargs):
         super().__init__(**kwargs)
+        self.dim = int(dim)
         self.user_adapter = _adapter(dim, "user_adapter")
         self.item_adapter = _adapter(dim, "item_adapter")
         self.hidden = [tf.keras.layers.Dense(u, activation="relu", name=f"hidden_{i}")
@@ -51,16 +59,50 @@ class _ValueHead(tf.keras.layers.Layer):
         self.out = tf.keras.layers.Dense(1, name="out")
         self.dot_scale = self.add_weight("dot_scale", shape=(), initializer=tf.keras.initializers.Constant(dot_scale))
 
-    def call(self, state, items, step, base=None):
-        s = self.user_adapter(state)[:, None, :]  # [B, 1, D]
-        v = self.item_adapter(items)  # [B, X, D]
+    def build(self, input_shape=None):
+        self.user_adapter.build((None, self.dim))
+        self.item_adapter.build((None, self.dim))
+        width = 3 * self.dim + 1
+        for layer in [*self.hidden, self.out]:
+            layer.build((None, width))
+            width = layer.units
+        super().build(input_shape)
+
+    def call(self, state, items, step, base=None, adapted_items=None):
+        """Q [B, X]. ``adapted_items`` [B, X, D], when given, are ``items`` already multiplied by
+        the item adapter (e.g. gathered from the adapted catalog): the adapter is then skipped."""
+        s = self.user_adapter(state)  # [B, D]
+        first = (self.hidden or [self.out])[0]
+        d = self.dim
+        k1, k2, k3, k4 = first.kernel[:d], first.kernel[d:2 * d], first.kernel[2 * d:3 * d], first.kernel[3 * d:]
+        per_row = s[:, :, None] * k1[None] + k2[None]  # diag(s') K1 + K2: [B, D, H]
+        if adapted_items is None:  # fold the adapter into the per-row weights
+            per_row, rows = tf.matmul(self.item_adapter.kernel, per_row), items
+        else:
+            rows = adapted_items
+        shared = tf.matmul(s, k3) + tf.cast(step, s.dtype)[:, None] * k4 + first.bias  # [B, H]
+        x = first.activation(tf.matmul(rows, per_row) + shared[:, None, :])
+        for layer in (self.hidden[1:] + [self.out]) if self.hidden else []:
+            x = layer(x)
+        if base is not None:
+            affinity = base
+        elif adapted_items is None:  # <s', x A> = x · (s' A^T)
+            affinity = tf.matmul(items, tf.matmul(s, self.item_adapter.kernel, transpose_b=True)[:, :, None])[..., 0]
+        else:
+            affinity = tf.reduce_sum(adapted_items * s[:, None, :], -1)
+        return tf.squeeze(x, -1) + self.dot_scale * affinity
+
+    def naive_call(self, state, items, step, base=None):
+        """`call` computed the direct way (the reference its tests compare with)."""
+        s = self.user_adapter(state)[:, None, :]
+        v = self.item_adapter(items)
         s_x = tf.broadcast_to(s, tf.shape(v))
-        step = tf.broadcast_to(step[:, None, None], tf.concat([tf.shape(v)[:2], [1]], 0))
+        step = tf.broadcast_to(tf.cast(step, s.dtype)[:, None, None], tf.concat([tf.shape(v)[:2], [1]], 0))
         x = tf.concat([s_x * v, v, s_x, step], axis=-1)
-        for layer in self.hidden:
+        for layer in [*self.hidden, self.out]:
             x = layer(x)
         affinity = tf.reduce_sum(s_x * v, -1) if base is None else base
-        return tf.squeeze(self.out(x), -1) + self.dot_scale * affinity
+        return tf.squeeze(x, -1) + self.dot_scale * affinity
 
 
 class MultiAgentNetwork(network.Network):
@@ -116,38 +158,65 @@ class MultiAgentNetwork(network.Network):
             raise ValueError(f"no head named {name!r}")
         return head
 
+    def encode_items(self, ids):
+        """Content-agent vectors of item ids (any shape) -> [..., D]."""
+        ids = tf.cast(ids, tf.int32)
+        # Dropout stays off: the encoders fine-tune (or not) on TD targets, not on noise.
+        if self.content_agent.num_items <= CATALOG_PASS_MAX_ITEMS:
+            # Encoding the catalog once and gathering beats encoding every id one by one.
+            return tf.gather(self.content_agent.catalog(training=False), ids)
+        return self.content_agent(ids, training=False)
+
+    def encode_state(self, history, history_items=None):
+        """The User agent's state [B, D] of visible histories int [B, L] (right-padded with 0)."""
+        history = tf.cast(history, tf.int32)
+        if history_items is None:
+            history_items = self.encode_items(history)
+        return self.user_agent(history_items, mask=history > 0, training=False)
+
     def encode(self, observation):
         """(state [B, D], candidate vectors [B, N, D]) of an observation: the shared pass."""
         history = tf.cast(observation["history"], tf.int32)
         candidates = tf.cast(observation["candidates"], tf.int32)
-        # Dropout stays off: the encoders fine-tune (or not) on TD targets, not on noise.
         if self.content_agent.num_items <= CATALOG_PASS_MAX_ITEMS:
-            # Encoding the catalog once and gathering beats encoding B x (L + N) ids one by one.
-            catalog = self.content_agent.catalog(training=False)
-            history_items, items = tf.gather(catalog, history), tf.gather(catalog, candidates)
-        else:
-            history_items = self.content_agent(history, training=False)
-            items = self.content_agent(candidates, training=False)
-        state = self.user_agent(history_items, mask=history > 0, training=False)
-        return state, items
+            catalog = self.content_agent.catalog(training=False)  # one catalog pass for both gathers
+            return (self.encode_state(history, tf.gather(catalog, history)), tf.gather(catalog, candidates))
+        return self.encode_state(history), self.encode_items(candidates)
 
-    def heads(self, state, items, step, names=("interest", "proposals", "critic")) -> dict:
-        """The values of the heads in ``names`` (default: all) from one encoding."""
-        step = tf.cast(step, tf.float32) / self._max_steps
+    def heads(self, state, items, step, names=("interest", "proposals", "critic"), candidates=None) -> dict:
+        """The values of the heads in ``names`` (default: all) from one encoding: ``interest``
+        [B, F], ``proposals`` [B, M, X], ``critic`` [B, X] for the X items ``items`` [B, X, D].
+        With the items' ids ``candidates`` [B, X] (and a catalog small enough for
+        `encode_items`' catalog pass) each head applies its item adapter to the catalog once and
+        gathers, instead of adapting B x X vectors."""
         out = {}
         if "interest" in names:
-            centroids = tf.broadcast_to(self._centroids[None],
-                                        tf.concat([tf.shape(state)[:1], tf.shape(self._centroids)], 0))
-            out["interest"] = self.interest_head(state, centroids, step)
+            out["interest"] = self.head_values("interest", state, None, step)
         if "proposals" in names:
-            out["proposals"] = tf.stack([head(state, items, step) for head in self.proposal_heads], axis=1)
+            out["proposals"] = tf.stack([self.head_values(f"proposal_{m}", state, items, step, candidates)
+                                         for m in range(self.num_proposers)], axis=1)
         if "critic" in names and self.critic_head is not None:
-            out["critic"] = self.critic_head(state, items, step, base=self.system_agent.score(state, items))
+            out["critic"] = self.head_values("critic", state, items, step, candidates)
         return out
+
+    def head_values(self, name, state, items, step, candidates=None):
+        """One head's values [B, X] for ``items`` [B, X, D] (ids ``candidates`` [B, X], as in
+        `heads`); the interest head's rows are the facet centroids (``items`` is ignored)."""
+        step = tf.cast(step, tf.float32) / self._max_steps
+        head = self.head(name)
+        if name == "interest":
+            rows = lambda x: tf.broadcast_to(x[None], tf.concat([tf.shape(state)[:1], tf.shape(x)], 0))  # noqa: E731
+            return head(state, rows(self._centroids), step, adapted_items=rows(head.item_adapter(self._centroids)))
+        adapted = None
+        if candidates is not None and self.content_agent.num_items <= CATALOG_PASS_MAX_ITEMS:
+            catalog = self.content_agent.catalog(training=False)
+            adapted = tf.gather(head.item_adapter(catalog), tf.cast(candidates, tf.int32))
+        base = self.system_agent.score(state, items) if name == "critic" else None
+        return head(state, items, step, base=base, adapted_items=adapted)
 
     def call(self, observation, step_type=None, network_state=(), training=False):
         state, items = self.encode(observation)
-        return self.heads(state, items, observation["step"]), network_state
+        return self.heads(state, items, observation["step"], candidates=observation["candidates"]), network_state
 
     def warm_start(self, model) -> None:
         """Copies a pretrained `SequentialRecommender`'s agents' weights into the encoders."""

@@ -62,12 +62,16 @@ class MultiAgentTrainer:
       item_counts: training popularity (novelty signal) [num_items].
       reward: the System agent's `AdaptiveReward` (default: clicks only, fixed).
       epsilon: per-slot exploration (float or step -> float).
+      states_from_env: the environment's retrieval returns the User-agent state of each
+        observation (`CandidateSessionEnvironment.last_user_state`) that the learner's frozen
+        agents would compute (they are the retriever's model's): acting and the replay use it
+        instead of encoding every history a second time.
       checkpoint_dir, log_dir: resumable checkpoints and TensorBoard.
     """
 
     def __init__(self, learner, env, item_vectors, item_counts, *, reward: AdaptiveReward | None = None,
                  batch_size: int = 128, replay_capacity: int = 50_000, warmup_steps: int = 20, epsilon=0.05,
-                 seed: int = 0, checkpoint_dir=None, log_dir=None):
+                 seed: int = 0, checkpoint_dir=None, log_dir=None, states_from_env: bool = False):
         self.learner, self.env = learner, env
         self.reward = reward or AdaptiveReward(adapt=False)
         self._vectors = np.asarray(item_vectors, np.float32)
@@ -84,6 +88,8 @@ class MultiAgentTrainer:
                       "observation": observation_spec, "actions": {n: scalar(tf.int32) for n in names},
                       "rewards": {n: scalar(tf.float32) for n in names},
                       "weights": {n: scalar(tf.float32) for n in names}}
+        if learner.stores_states:
+            self._spec["state"] = tf.TensorSpec((learner.state_dim,), tf.float32)
         self.replay = tf_uniform_replay_buffer.TFUniformReplayBuffer(self._spec, batch_size=b,
                                                                      max_length=max(replay_capacity // b, 2))
         self.global_step = tf.Variable(0, dtype=tf.int64, name="marl_env_step")
@@ -102,15 +108,23 @@ class MultiAgentTrainer:
                 self._rng.bit_generator.state = json.loads(rng_file.read_text())
         self._writer = (tf.summary.create_file_writer(str(log_dir)) if log_dir is not None
                         else tf.summary.create_noop_writer())
-        self._iterator = iter(self.replay.as_dataset(sample_batch_size=batch_size, num_steps=2,
-                                                     num_parallel_calls=2).prefetch(2))
-        self._act = tf.function(lambda obs: learner.act(obs, sample=True))
-        self._train_step = common.function(learner.train)
+        if states_from_env and not learner.stores_states:
+            raise ValueError("states_from_env needs frozen agents (trainable_encoders=False): fine-tuned agents "
+                             "drift away from the retriever's")
+        self._states_from_env = bool(states_from_env)
+        self._act = tf.function(lambda obs, state=None: learner.act_with_state(obs, sample=True, state=state))
+        self._encode_state = tf.function(learner.network.encode_state)
+        self._values = tf.function(learner.values)
+        # Sampling and the joint step in one compiled call: no dataset iterator or host round trip
+        # between them.
+        self._batch_size = int(batch_size)
+        self._train_step = common.function(lambda: learner.train(self.sample()))
+        self._add_batch = common.function(self._add_to_replay)
         self._facet_owner = learner.facet_owner.numpy()
         self.weight_history = []
 
     # --- one environment step --------------------------------------------------------------
-    def _joint_transition(self, time_step, positions, next_step, info):
+    def _joint_transition(self, time_step, positions, next_step, info, state=None):
         learner = self.learner
         b = self.env.batch_size
         missing = [k for k in FEEDBACK if k not in info]
@@ -155,12 +169,24 @@ class MultiAgentTrainer:
                       "actions": {k: np.asarray(v, np.int32) for k, v in actions.items()},
                       "rewards": {k: np.asarray(v, np.float32) for k, v in rewards.items()},
                       "weights": weights}
+        if self.learner.stores_states:
+            if state is None:
+                state = self._encode_state(tf.convert_to_tensor(time_step.observation["history"]))
+            transition["state"] = np.asarray(state, np.float32)
         return transition, signals, total
+
+    def sample(self) -> dict:
+        """A uniform replay sample in the learner's layout: every field [batch_size, 2] (the
+        transition's step and the next)."""
+        return self.replay.get_next(sample_batch_size=self._batch_size, num_steps=2)[0]
+
+    def _add_to_replay(self, transitions) -> None:
+        self.replay.add_batch(transitions)  # its graph-mode result is an op, which tf.function cannot return
 
     def add_transitions(self, transitions: dict) -> None:
         """Ingests joint transitions (this trainer's replay layout, leading dimension = env batch),
         e.g. logged feedback streamed from elsewhere."""
-        self.replay.add_batch(tf.nest.map_structure(tf.convert_to_tensor, transitions))
+        self._add_batch(tf.nest.map_structure(tf.convert_to_tensor, transitions))
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, num_steps: int, *, log_every: int = 50, checkpoint_every: int = 500, export_every: int | None = None,
@@ -175,15 +201,19 @@ class MultiAgentTrainer:
             time_step = env.reset()
             for step_index in steps:
                 observation = {k: tf.convert_to_tensor(v) for k, v in time_step.observation.items()}
-                positions, _ = self._act(observation)
+                given = env.last_user_state if self._states_from_env else None
+                if self._states_from_env and given is None:
+                    raise ValueError("states_from_env: the environment's retrieval returned no user_state")
+                positions, _, state = (self._act(observation) if given is None
+                                       else self._act(observation, tf.convert_to_tensor(given, tf.float32)))
                 positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index),
                                               self._rng)
                 next_step = env.step(positions.astype(np.int32))
-                yield time_step, positions, next_step, env.last_info
+                yield time_step, positions, next_step, env.last_info, state.numpy()
                 time_step = next_step
 
-        return self.learn_from(simulated_feedback(), log_every=log_every, checkpoint_every=checkpoint_every,
-                               export_every=export_every, export_fn=export_fn)
+        return self._learn(simulated_feedback(), log_every=log_every, checkpoint_every=checkpoint_every,
+                           export_every=export_every, export_fn=export_fn)
 
     def learn_from(self, feedback, *, log_every: int = 50, checkpoint_every: int = 500,
                    export_every: int | None = None, export_fn=None) -> MultiAgentTrainResult:
@@ -197,15 +227,20 @@ class MultiAgentTrainer:
         logs. Row b of consecutive items must be the same session stream. Every item counts as one
         step: the heads train (after warm-up), the reward weights adapt, checkpoints and TensorBoard
         are written as in `run`, and ``export_fn(step)`` runs every ``export_every`` steps."""
+        return self._learn(((*item, None) for item in feedback), log_every=log_every,
+                           checkpoint_every=checkpoint_every, export_every=export_every, export_fn=export_fn)
+
+    def _learn(self, feedback, *, log_every, checkpoint_every, export_every, export_fn) -> MultiAgentTrainResult:
+        """`learn_from` over items that also carry the observation's state (None: computed here)."""
         b = self.env.batch_size
         start = done = int(self.global_step.numpy())
         stats = {"return": np.zeros(b), "clicks": np.zeros(b), "steps": np.zeros(b)}
         finished, window, curve, exports = [], {}, [], []
         began, train_steps, saved = time.perf_counter(), 0, start
         observation = None  # the latest step's, for the histograms of each log point
-        for time_step, positions, next_step, signals_in in feedback:
+        for time_step, positions, next_step, signals_in, state in feedback:
             positions = np.asarray(positions)
-            transition, signals, total = self._joint_transition(time_step, positions, next_step, signals_in)
+            transition, signals, total = self._joint_transition(time_step, positions, next_step, signals_in, state)
             self.add_transitions(transition)
             observation = time_step.observation
             active = ~np.asarray(time_step.is_last())
@@ -223,8 +258,7 @@ class MultiAgentTrainer:
             self.global_step.assign_add(1)
             done += 1
             if done - start > self._warmup:
-                sample, _ = next(self._iterator)
-                for name, value in self._train_step(sample).items():
+                for name, value in self._train_step().items():
                     window.setdefault(f"loss/{name}" if name != "entropy" else "facet_entropy", []).append(float(value))
                 train_steps += 1
             if done % log_every == 0:
@@ -261,7 +295,7 @@ class MultiAgentTrainer:
                 tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"multiagent/{key}")
                 tf.summary.scalar(tag, value, step=done)
             observation = {k: tf.convert_to_tensor(v) for k, v in observation.items()}
-            q_interest, proposal_q, critic_q = self.learner.values(observation)
+            q_interest, proposal_q, critic_q = self._values(observation)
             tf.summary.histogram("multiagent/facet_probabilities", self.learner.facet_probabilities(q_interest),
                                  step=done)
             tf.summary.histogram("multiagent/proposal_q", proposal_q, step=done)

@@ -1,0 +1,288 @@
+"""Speed of this tree against a baseline commit, measured by this one script on one machine.
+
+    python benchmarks/speed.py --data ../shared/data/ml-100k --baseline 6e7d902 --out benchmarks/results/speed.json
+
+The baseline is checked out in a temporary `git worktree` and every measurement runs twice, once
+per tree, in a child process whose ``PYTHONPATH`` (and working directory) is that tree: the same
+code below drives both, with the same settings. Parts (``--parts``, default all):
+
+- ``dqn``, ``multiagent``: steady-state RL train steps per second. ML-100k, the session simulator
+  (``fit_user_model``, dim 16) and a pretrained transformer two-tower model (dim 64, max_length
+  50); 64 sessions per environment step, 100 retrieved candidates, one train step per
+  environment step after warm-up, the algorithms' default replay batch (128), frozen agents for
+  the multi-agent policy (its default). The rate is measured between the ``--skip``-th
+  environment step and the last one (tracing and warm-up excluded) from time stamps taken in the
+  environment's ``step``; one train step follows every environment step in both trees.
+- ``returns``: the return per held-out session (``--episodes`` simulator sessions) of DQN and the
+  multi-agent policy after ``--return-steps`` training steps, over ``--return-seeds`` seeds (mean
+  and 95% t interval); same settings as the throughput parts. The speed-ups must leave them
+  unchanged within their intervals (``returns_within_ci``).
+- ``pretrain``: next-item targets per second of pretraining and the NDCG@10 it reaches
+  (`speed_pretrain.measure`).
+- ``tests``: wall time of the README's test command (``python -m pytest -q tests``) in each tree,
+  with this virtualenv (the environment build is the same for both and not counted).
+- ``demo``: wall time of ``tfmarl quickstart`` (what ``make demo`` runs) in each tree.
+
+Ratios are new ÷ baseline for throughputs and new ÷ baseline for times (``test_suite_ratio``,
+``demo_ratio``: lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import machine, write_json  # noqa: E402
+
+import tfmarl  # noqa: E402,F401  (selects tf_keras before TensorFlow; the tree PYTHONPATH names)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RL_PARTS = ("dqn", "multiagent")
+
+
+# --- probes (run in a child process, against whichever tree PYTHONPATH names) --------------------
+class StepClock:
+    """Time stamps of every environment step (patched into the candidate environment's class)."""
+
+    stamps: list = []
+    cpu: list = []  # process CPU seconds (all threads) at the same moments
+
+    @classmethod
+    def install(cls):
+        from tfmarl.envs.candidates import CandidateSessionEnvironment
+
+        original = CandidateSessionEnvironment._step
+
+        def timed_step(self, action):
+            out = original(self, action)
+            cls.stamps.append(time.perf_counter())
+            cls.cpu.append(time.process_time())
+            return out
+
+        CandidateSessionEnvironment._step = timed_step
+
+    @classmethod
+    def rates(cls, skip: int) -> dict:
+        stamps, cpu = cls.stamps[skip:], cls.cpu[skip:]
+        if len(stamps) < 2:
+            raise RuntimeError(f"only {len(cls.stamps)} environment steps were timed; raise --steps above --skip")
+        steps = len(stamps) - 1
+        return {"train_steps_per_second": steps / (stamps[-1] - stamps[0]), "timed_steps": steps,
+                "cpu_ms_per_step": 1000 * (cpu[-1] - cpu[0]) / steps}
+
+
+def rl_setup(args):
+    import numpy as np
+    import tensorflow as tf
+    from tfmarl.data import build_sequences, leave_one_out, load_movielens
+    from tfmarl.envs import fit_user_model
+    from tfmarl.training import SequentialRecommender, pretrain
+
+    interactions = load_movielens(args.data)
+    sequences, vocab = build_sequences(interactions)
+    split = leave_one_out(sequences)
+    user_model = fit_user_model(interactions, vocab, dim=16, seed=0)
+    tf.keras.utils.set_random_seed(0)
+    model = SequentialRecommender(item_vocabulary=vocab, dim=64, max_length=50,
+                                  item_frequencies=np.bincount(split.train.items, minlength=vocab.size))
+    pretrain(model, split.train, split.valid, epochs=args.pretrain_epochs, verbose=0)
+    counts = np.bincount(split.train.items, minlength=vocab.size)
+    return model, user_model, counts
+
+
+def train_rl(kind: str, args, model, user_model, counts, steps: int, seed: int):
+    """Trains ``kind`` for ``steps`` environment steps in the current tree; returns its slate policy."""
+    import tensorflow as tf
+    import tfmarl.rl as rl
+
+    epsilon = rl.linear_schedule(0.3, 0.02, steps // 2)
+    tf.keras.utils.set_random_seed(seed)
+    if hasattr(rl, "make_algorithm"):  # the current interface
+        options = {"floors": {"satisfaction": 1.5}} if kind == "multiagent" else {}  # the baseline's reward
+        algorithm = rl.make_algorithm(kind, model, user_model, candidates=args.candidates, batch_size=64,
+                                      seed=seed, item_counts=counts, epsilon=epsilon, **options)
+        algorithm.train(steps)
+        return algorithm.slate_policy()
+    # the baseline's (6e7d902)
+    from tfmarl.envs import SessionEnvironment
+    from tfmarl.envs.candidates import CandidateSessionEnvironment
+
+    retriever = rl.CandidateRetriever(model, num_candidates=args.candidates)
+    session = SessionEnvironment(user_model, batch_size=64, users="train", seed=seed)
+    if kind == "dqn":
+        env = CandidateSessionEnvironment(session, retriever, args.candidates)
+        agent, q_network = rl.make_dqn_agent(env, model, double=True, gamma=0.9)
+        rl.train_dqn(agent, q_network, env, steps, epsilon=epsilon, seed=seed)
+        return rl.QSlatePolicy(q_network, 10, retriever=retriever)
+    from tfmarl.rl.multiagent import (AdaptiveReward, MultiAgentRoles, MultiAgentSlatePolicy, MultiAgentTrainer,
+                                      build_facets)
+
+    facets = build_facets(retriever.item_vectors, 8, 2, seed=seed)
+    env = CandidateSessionEnvironment(session, retriever, args.candidates, include_state=True,
+                                      item_facets=facets.item_facet)
+    roles = MultiAgentRoles(env, retriever.item_vectors, facets, gamma=0.9)
+    trainer = MultiAgentTrainer(roles, env, retriever.item_vectors, counts,
+                                reward=AdaptiveReward({"satisfaction": 1.5}, learning_rate=0.05),
+                                epsilon=epsilon, seed=seed)
+    trainer.run(steps)
+    return MultiAgentSlatePolicy(roles, retriever)
+
+
+def probe_rl(kind: str, args) -> dict:
+    """Steady-state train steps/s of ``kind`` ("dqn" or "multiagent") in the current tree."""
+    import numpy as np
+
+    model, user_model, counts = rl_setup(args)
+    StepClock.install()
+    train_rl(kind, args, model, user_model, counts, args.steps, args.seed)
+    return {**StepClock.rates(args.skip), "load_average": list(os.getloadavg()), "steps": args.steps, "skip": args.skip,
+            "candidates": args.candidates, "env_batch": 64, "seed": args.seed,
+            "tfmarl": str(pathlib.Path(__import__("tfmarl").__file__).parent), "numpy": np.__version__}
+
+
+def probe_returns(args) -> dict:
+    """Return per held-out session (mean over ``--episodes`` sessions) of DQN and the multi-agent
+    policy after ``--return-steps`` training steps, for seeds 0..``--return-seeds``-1."""
+    import numpy as np
+    from tfmarl.envs import SessionEnvironment, run_episodes
+
+    model, user_model, counts = rl_setup(args)
+    out = {}
+    for kind in args.return_kinds.split(","):
+        values = []
+        for seed in range(args.return_seeds):
+            policy = train_rl(kind, args, model, user_model, counts, args.return_steps, seed)
+            env = SessionEnvironment(user_model, batch_size=100, users="heldout", seed=10_000 + seed)
+            values.append(float(np.mean(run_episodes(env, policy, args.episodes)["return"])))
+            print(f"{kind} seed {seed}: return {values[-1]:.3f}", file=sys.stderr, flush=True)
+        out[kind] = {"per_seed": values, "mean": float(np.mean(values)), "ci95": t_ci95(values)}
+    return out
+
+
+def t_ci95(values) -> float:
+    """Half-width of the 95% t interval of the mean (t quantiles for up to 10 values)."""
+    import numpy as np
+
+    t975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262]
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float("nan")
+    return float(t975[min(len(values) - 2, 8)] * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def probe(args) -> dict:
+    if args.probe in RL_PARTS:
+        return probe_rl(args.probe, args)
+    if args.probe == "returns":
+        return probe_returns(args)
+    if args.probe == "pretrain":
+        from speed_pretrain import measure
+
+        return measure(args)
+    raise ValueError(f"unknown probe {args.probe!r}")
+
+
+# --- the driver ---------------------------------------------------------------------------------
+def child_env(tree: pathlib.Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("CI", None)
+    return env
+
+
+def run_probe(tree: pathlib.Path, part: str, args) -> dict:
+    command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--probe", part, "--data", args.data,
+               "--steps", str(args.steps), "--skip", str(args.skip), "--candidates", str(args.candidates),
+               "--seed", str(args.seed), "--pretrain-epochs", str(args.pretrain_epochs),
+               "--return-steps", str(args.return_steps), "--return-seeds", str(args.return_seeds),
+               "--episodes", str(args.episodes), "--return-kinds", args.return_kinds]
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        subprocess.run(command + ["--probe-out", out.name], cwd=tree, env=child_env(tree), check=True)
+        return json.loads(pathlib.Path(out.name).read_text())
+
+
+def timed_command(tree: pathlib.Path, command: list) -> dict:
+    began = time.perf_counter()
+    proc = subprocess.run(command, cwd=tree, env=child_env(tree), capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed in {tree} (exit {proc.returncode}):\n" + "\n".join(tail))
+    return {"seconds": round(seconds, 1), "last_lines": tail}
+
+
+def measure_tree(tree: pathlib.Path, part: str, args) -> dict:
+    print(f"[{time.strftime('%H:%M:%S')}] {part} in {tree}", file=sys.stderr, flush=True)
+    if part == "tests":
+        return timed_command(tree, [sys.executable, "-m", "pytest", "-q", "tests"])
+    if part == "demo":
+        with tempfile.TemporaryDirectory() as run_dir:  # a fresh run each time, outside both trees
+            return timed_command(tree, [sys.executable, "-c", "import sys; from tfmarl.cli.main import main; "
+                                        "sys.exit(main())", "quickstart", "--run-dir", run_dir,
+                                        "--export-dir", os.path.join(run_dir, "savedmodels"), "--no-progress"])
+    return run_probe(tree, part, args)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/ml-100k")
+    parser.add_argument("--baseline", default="6e7d902", help="commit to compare with")
+    parser.add_argument("--out", default="benchmarks/results/speed.json")
+    parser.add_argument("--parts", default="dqn,multiagent,returns,pretrain,tests,demo")
+    parser.add_argument("--steps", type=int, default=400, help="environment steps per RL run")
+    parser.add_argument("--skip", type=int, default=100, help="environment steps left out of the timing")
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-epochs", type=int, default=2, help="pretraining of the RL runs' model")
+    parser.add_argument("--return-steps", type=int, default=1500, help="training steps before the returns are measured")
+    parser.add_argument("--return-seeds", type=int, default=3)
+    parser.add_argument("--return-kinds", default="dqn,multiagent")
+    parser.add_argument("--episodes", type=int, default=500, help="held-out sessions per returns measurement")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # child: one measurement
+    parser.add_argument("--probe-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.data = str(pathlib.Path(args.data).resolve())
+    if args.probe:
+        pathlib.Path(args.probe_out).write_text(json.dumps(probe(args)))
+        return 0
+
+    out = pathlib.Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    base = pathlib.Path(tempfile.mkdtemp(prefix="tfmarl-baseline-")) / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), args.baseline], check=True,
+                   capture_output=True)
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        result.update(benchmark="speed", machine=machine(), load_average_start=list(os.getloadavg()),
+                      baseline=args.baseline, new=commit.strip()[:12],
+                      settings={k: getattr(args, k) for k in ("steps", "skip", "candidates", "seed", "pretrain_epochs")})
+        for part in args.parts.split(","):
+            # Baseline first, then this tree, back to back: the same machine state for both.
+            old, new = measure_tree(base, part, args), measure_tree(REPO, part, args)
+            result.setdefault("parts", {})[part] = {"baseline": old, "new": new}
+            if part in RL_PARTS:
+                rate = "train_steps_per_second"
+                result[f"{part}_speedup"] = round(new[rate] / old[rate], 2)
+            elif part == "returns":
+                result["returns_within_ci"] = {
+                    kind: abs(new[kind]["mean"] - old[kind]["mean"]) <= max(new[kind]["ci95"], old[kind]["ci95"])
+                    for kind in RL_PARTS}
+            elif part == "pretrain":
+                result["pretrain_speedup"] = round(new["targets_per_second"] / old["targets_per_second"], 2)
+            else:
+                result[f"{'test_suite' if part == 'tests' else part}_ratio"] = round(new["seconds"] / old["seconds"], 3)
+            print(json.dumps({part: result["parts"][part]}, indent=1), file=sys.stderr)
+            write_json(out, result)  # after every part: nothing measured so far is lost
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
