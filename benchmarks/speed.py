@@ -185,7 +185,7 @@ def probe(args) -> dict:
     if args.probe == "pretrain":
         from speed_pretrain import measure
 
-        return measure(args)
+        return measure()  # its own defaults: the same settings in both trees
     raise ValueError(f"unknown probe {args.probe!r}")
 
 
@@ -269,12 +269,15 @@ def main() -> int:
             if part in RL_PARTS:
                 rate = "train_steps_per_second"
                 result[f"{part}_speedup"] = round(new[rate] / old[rate], 2)
+                result[f"{part}_speedup_cpu"] = round(old["cpu_ms_per_step"] / new["cpu_ms_per_step"], 2)
             elif part == "returns":
                 result["returns_within_ci"] = {
                     kind: abs(new[kind]["mean"] - old[kind]["mean"]) <= max(new[kind]["ci95"], old[kind]["ci95"])
                     for kind in RL_PARTS}
             elif part == "pretrain":
                 result["pretrain_speedup"] = round(new["targets_per_second"] / old["targets_per_second"], 2)
+                result["pretrain_speedup_cpu"] = round(new["targets_per_cpu_second"] / old["targets_per_cpu_second"], 2)
+                result["pretrain_ndcg@10_difference"] = round(new["test_ndcg@10"] - old["test_ndcg@10"], 4)
             else:
                 result[f"{'test_suite' if part == 'tests' else part}_ratio"] = round(new["seconds"] / old["seconds"], 3)
             print(json.dumps({part: result["parts"][part]}, indent=1), file=sys.stderr)
