@@ -151,6 +151,7 @@ def probe_returns(args) -> dict:
     """Return per held-out session (mean over ``--episodes`` sessions) of DQN and the multi-agent
     policy after ``--return-steps`` training steps, for seeds 0..``--return-seeds``-1."""
     import numpy as np
+    from rl import t_ci95  # benchmarks/rl.py's interval, as every RL benchmark reports it
     from tfmarl.envs import SessionEnvironment, run_episodes
 
     model, user_model, counts = rl_setup(args)
@@ -164,17 +165,6 @@ def probe_returns(args) -> dict:
             print(f"{kind} seed {seed}: return {values[-1]:.3f}", file=sys.stderr, flush=True)
         out[kind] = {"per_seed": values, "mean": float(np.mean(values)), "ci95": t_ci95(values)}
     return out
-
-
-def t_ci95(values) -> float:
-    """Half-width of the 95% t interval of the mean (t quantiles for up to 10 values)."""
-    import numpy as np
-
-    t975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262]
-    values = np.asarray(values, np.float64)
-    if len(values) < 2:
-        return float("nan")
-    return float(t975[min(len(values) - 2, 8)] * values.std(ddof=1) / np.sqrt(len(values)))
 
 
 def probe(args) -> dict:

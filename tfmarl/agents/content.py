@@ -7,6 +7,10 @@ import tensorflow as tf
 
 from tfmarl.agents.blocks import embedding_initializer as _init, serializable
 
+# Up to this catalog size, consumers that need many items' vectors (the RL networks) encode the
+# whole catalog once per call and gather, rather than encoding every id one by one.
+CATALOG_PASS_MAX_ITEMS = 50_000
+
 
 @serializable
 class ContentAgent(tf.keras.layers.Layer):

@@ -19,9 +19,7 @@ from tf_agents.bandits.specs import utils as bandit_spec_utils
 from tf_agents.networks import network
 
 from tfmarl.agents import ContentAgent, UserAgent
-
-# Up to this catalog size the Q-network adapts the whole catalog once per call and gathers.
-CATALOG_PASS_MAX_ITEMS = 50_000
+from tfmarl.agents.content import CATALOG_PASS_MAX_ITEMS
 
 GLOBAL = bandit_spec_utils.GLOBAL_FEATURE_KEY
 PER_ARM = bandit_spec_utils.PER_ARM_FEATURE_KEY

@@ -28,10 +28,7 @@ import tensorflow as tf
 from tf_agents.networks import network
 
 from tfmarl.agents import ContentAgent, SystemAgent, UserAgent
-
-
-# Up to this catalog size `encode` runs the Content agent over the whole catalog once per call.
-CATALOG_PASS_MAX_ITEMS = 50_000
+from tfmarl.agents.content import CATALOG_PASS_MAX_ITEMS
 
 
 def _adapter(dim, name):
