@@ -86,7 +86,7 @@ def test_content_agent_uses_every_feature():
     np.testing.assert_allclose(before[:2], after[:2], atol=1e-6)
     assert not np.allclose(before[2:], after[2:])
     assert agent(tf.constant([[2, 3], [4, 0]])).shape == (2, 2, 8)
-    assert len(agent.trainable_weights) == 4 and len(agent.non_trainable_weights) == 3
+    assert len(agent.trainable_weights) == 4 and len(agent.non_trainable_weights) == 4  # + known_items
 
 
 def test_content_agent_rejects_bad_features():

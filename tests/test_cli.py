@@ -11,9 +11,9 @@ from tfmarl.cli.config import ConfigError, config_from_dict, default_config, dum
 from tfmarl.cli.main import main
 
 TINY = {
-    "data": {"synthetic": {"n_users": 120, "n_items": 60, "interactions_per_user": 15},
+    "data": {"synthetic": {"n_users": 120, "n_items": 60, "interactions_per_user": 15, "knowledge_graph": True},
              "features": {"title_length": 4, "text_vocabulary_size": 100}},
-    "pretrain": {"dim": 16, "max_length": 10, "num_layers": 1, "epochs": 1, "batch_size": 64},
+    "pretrain": {"dim": 16, "max_length": 10, "num_layers": 1, "epochs": 1, "batch_size": 64, "id_dropout": 0.2},
     "simulator": {"dim": 4, "session": {"slate_size": 3, "history_length": 5, "max_steps": 6}},
     "rl": {"candidates": 12, "steps": 8, "batch_size": 8, "multiagent": {"facets": 3, "domains": 2}},
     "evaluate": {"episodes": 16, "baselines": ["random", "greedy"]},
@@ -127,6 +127,11 @@ def test_pipeline_runs_every_stage_and_writes_a_report(tiny_run):
     assert "pretrain/projector" in runs
     rows = (projector / "metadata.tsv").read_text().splitlines()
     assert rows[0] == "title\tid" and len(rows) == 1 + 60  # header, then one row per item
+    # The synthetic knowledge graph reached the Content agent.
+    from tfmarl.data.item_features import ItemFeatures
+
+    features = ItemFeatures.load(run / "data" / "features")
+    assert features.relation_names == ["creator", "studio"] and (features.kg_entities > 0).sum() == 2 * 60
 
 
 def test_pipeline_resumes_and_reruns_only_what_changed(tiny_run, capsys):
@@ -276,3 +281,20 @@ def test_evaluate_estimates_policies_off_policy_and_validates_the_simulator(tmp_
     path.write_text(yaml.safe_dump(bad))
     assert main(["train", str(path), "--no-progress", "--stages", "evaluate"]) == 2
     assert "clicked" in capsys.readouterr().err  # the missing column is named
+
+
+def test_cold_start_and_churn_keys_are_checked():
+    from tfmarl.cli.config import config_from_dict
+
+    config = config_from_dict({"data": {"features": {"knowledge_graph": "kg.csv", "max_neighbours": 8}},
+                               "pretrain": {"id_dropout": 0.3, "knowledge_hops": 2},
+                               "rl": {"new_item_candidates": 5, "dqn": {"trainable_encoders": True}}})
+    assert config.data.features.knowledge_graph == "kg.csv" and config.pretrain.knowledge_hops == 2
+    assert config.rl.dqn.trainable_encoders is True and config.rl.new_item_candidates == 5
+    for bad, message in (({"pretrain": {"id_dropout": 1.0}}, "pretrain.id_dropout"),
+                         ({"pretrain": {"knowledge_hops": 3}}, "pretrain.knowledge_hops"),
+                         ({"rl": {"new_item_candidates": -1}}, "rl.new_item_candidates"),
+                         ({"data": {"features": {"max_neighbours": 0}}}, "data.features.max_neighbours"),
+                         ({"rl": {"dqn": {"dueling": True}}}, "rl.dqn")):
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            config_from_dict(bad)

@@ -248,3 +248,51 @@ def test_missing_or_invalid_preset_directory(tmp_path, preset):
         embed_texts(["a"], preset, sequence_length=1000)
     with pytest.raises(ValueError, match="no item table"):
         embed_item_texts(make_interactions(with_items=False), Vocabulary(["m0"]), preset)
+
+
+def test_knowledge_graph_and_numeric_tables_and_new_item_rows():
+    import pandas as pd
+
+    from tfmarl.data.knowledge import KnowledgeGraph
+
+    ids = ["a", "b", "c"]
+    log = pd.DataFrame({"user_id": ["u"] * 3, "item_id": ids, "timestamp": [1, 2, 3]})
+    items = pd.DataFrame({"title": ["", "", ""], "categories": [("x",), ("y",), ("x", "y")], "text": [""] * 3},
+                         index=pd.Index(ids, name="item_id"))
+    graph = KnowledgeGraph.from_triples([("a", "director", "d1"), ("b", "director", "d2"), ("c", "studio", "s1"),
+                                         ("c", "director", "d1")])
+    interactions = Interactions(log=log, items=items, knowledge=graph)
+    vocab = Vocabulary(ids)
+    numeric = pd.DataFrame({"year": [1990.0, 2000.0, np.nan]}, index=ids)
+    features = build_item_features(interactions, vocab, titles=False, numeric=numeric)
+    assert features.relation_names == ["director", "studio"] and features.entity_names == ["d1", "d2", "s1"]
+    assert features.kg_entities[vocab.lookup(["c"])[0]].tolist() == [1, 3]  # d1, s1
+    assert features.kg_relations[vocab.lookup(["c"])[0]].tolist() == [1, 2]
+    np.testing.assert_allclose(features.numeric[2:, 0], [-1.0, 1.0, 0.0])  # standardised, missing -> mean
+    assert features.numeric_mean == [1995.0] and features.numeric_std == [5.0]
+    kwargs = features.content_agent_kwargs()
+    assert kwargs["num_entities"] == 4 and kwargs["num_relations"] == 3 and kwargs["numeric_dim"] == 1
+    assert build_item_features(interactions, vocab, titles=False, knowledge=False).kg_entities is None
+
+    # New items: known names map to the same indices, unknown ones get no slot.
+    new = pd.DataFrame({"title": ["", ""], "categories": [("y", "z"), ()], "text": ["", ""]},
+                       index=pd.Index(["n1", "n2"], name="item_id"))
+    rows = features.new_item_rows(new, knowledge=KnowledgeGraph.from_triples(
+        [("n1", "director", "d2"), ("n1", "director", "d9"), ("n2", "genre", "g")]),
+        numeric=pd.DataFrame({"year": [2005.0, None]}, index=["n1", "n2"]))
+    assert rows["categories"].tolist() == [[2, 0, 0, 0][:features.categories.shape[1]], [0] * features.categories.shape[1]]
+    assert rows["kg_entities"][0].tolist()[:1] == [2] and rows["kg_entities"][0].tolist()[1:] == [0]
+    assert rows["kg_entities"][1].tolist() == [0, 0]
+    np.testing.assert_allclose(rows["numeric"][:, 0], [2.0, 0.0])
+    with pytest.raises(ValueError, match="constant"):
+        build_item_features(interactions, vocab, titles=False, numeric=pd.DataFrame({"k": [1.0, 1.0, 1.0]}, index=ids))
+    with pytest.raises(ValueError, match="non-number"):
+        build_item_features(interactions, vocab, titles=False, numeric=pd.DataFrame({"k": ["1", "x", "2"]}, index=ids))
+    # Save / load keeps the knowledge and numeric tables and their names.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        features.save(tmp)
+        loaded = ItemFeatures.load(tmp)
+    assert loaded.entity_names == features.entity_names and loaded.numeric_std == [5.0]
+    np.testing.assert_array_equal(loaded.kg_entities, features.kg_entities)

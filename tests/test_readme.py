@@ -45,6 +45,7 @@ EXPECTED_PYTHON_BLOCKS = [
     ("Loading data", "import tfmarl"),
     ("Pretrain, evaluate, export", "import tfmarl"),
     ("Text backbones", "from tfmarl.agents import ContentAgent"),
+    ("New items and new users", "import numpy as np"),
     ("One interface for every algorithm", "from tfmarl.envs import SessionEnvironment, fit_user_model, run_episodes"),
     ("One interface for every algorithm", "from tfmarl.rl import linear_schedule"),
     ("One interface for every algorithm", "from tfmarl.evaluation import BanditLogWriter"),
@@ -88,6 +89,12 @@ SUBSTITUTIONS = {
     ],
     ("Text backbones", 0): [
         ('"path/to/preset"', "{preset!r}"),
+    ],
+    ("New items and new users", 0): [
+        ("id_dropout=0.5,", "dim=16, id_dropout=0.5,"),
+        ("content_agent=content)", "content_agent=content, dim=16, num_layers=1)"),
+        ("epochs=40", "epochs=1"),
+        ('"savedmodels/', '"{tmp}/savedmodels/', 2),
     ],
     (INTERFACE, 0): [
         ("candidates=50, batch_size=64,", CANDIDATES + ", batch_size=4,"),
@@ -197,6 +204,21 @@ def check_pretrain(ns, runner):
     assert list((runner.tmp / "runs" / "ml100k" / "tb").rglob("events.out.tfevents.*"))
 
 
+def check_new_items(ns, runner):
+    printed = [line for line in runner.printed[("New items and new users", 0)].strip().splitlines()
+               if line.startswith("{") or line.startswith(str(runner.tmp))]  # not pretrain's progress lines
+    assert len(printed) == 3, printed
+    cold = ast.literal_eval(printed[0])
+    assert {"all_catalog", "cold_only", "cold_items"} <= set(cold) and cold["cold_items"] == len(ns["cold"].cold_items)
+    assert 0 <= cold["cold_only"]["ndcg@10"] <= 1
+    buckets = ast.literal_eval(printed[1])
+    assert list(buckets) == ["1", "2-5", "6-20", ">20"]
+    version = runner.tmp / "savedmodels" / "ml100k-cold" / "2"
+    assert printed[2] == str(version) and (version / "saved_model.pb").is_file()
+    info = json.loads((version / "assets.extra" / "tfmarl.json").read_text())
+    assert info["num_items"] == ns["vocab"].size + 1 and info["added_items"] == 1
+
+
 def check_text(ns, runner):
     assert ns["text"].shape == (ns["vocab"].size, 16) and ns["text"].dtype == np.float32
     assert np.abs(ns["text"][2:]).sum(axis=1).min() > 0  # every real item got an embedding
@@ -243,6 +265,7 @@ CHECKS = {
     ("Loading data", 0): check_loading,
     ("Pretrain, evaluate, export", 0): check_pretrain,
     ("Text backbones", 0): check_text,
+    ("New items and new users", 0): check_new_items,
     (INTERFACE, 0): check_interface,
     (INTERFACE, 2): check_bandit,
     ("Multi-agent training", 0): check_marl,
@@ -334,7 +357,7 @@ def runner(tmp_path_factory):
 def test_the_readme_has_exactly_the_known_python_blocks():
     found = [(b.section, b.first_line.split("(")[0].strip()) for b in PYTHON]
     assert found == EXPECTED_PYTHON_BLOCKS, "README.md's python blocks changed: update tests/test_readme.py"
-    assert len(PYTHON) == 11
+    assert len(PYTHON) == 12
     keys = {b.key for b in PYTHON}
     assert set(SKIPPED) == {DISTRIBUTED}
     for table in (SKIPPED, PRELUDES, SUBSTITUTIONS, SETUP, CHECKS):

@@ -89,6 +89,34 @@ class TransformerBlock(tf.keras.layers.Layer):
                 "ffn_multiplier": self.ffn_multiplier, "dropout": self.dropout}
 
 
+def _is_weight(value) -> bool:
+    # ShardedVariable (ParameterServerStrategy) is a weight but not a tf.Variable.
+    return isinstance(value, tf.Variable) or type(value).__name__ == "ShardedVariable"
+
+
+def copy_weights(source, target) -> None:
+    """Copies every weight of layer ``source`` into the matching weight of ``target`` (a layer of
+    the same config), matched by attribute path (``knowledge.query_projection.kernel``), not by
+    `get_weights` order, which lists trainable weights first and so changes when one of the two
+    is frozen (nor by variable name, which is not unique when a layer builds its sublayers
+    outside a call)."""
+    def by_path(layer):
+        named = {}
+        for path, variable in layer._flatten(predicate=_is_weight, with_path=True):
+            if not any(isinstance(part, str) and part.startswith("_") for part in path):  # Keras' own lists
+                named.setdefault(id(variable), (path, variable))
+        if len(named) != len({id(v) for v in layer.weights}):
+            raise ValueError(f"{layer.name}: some weights are not attributes of the layer or its sublayers")
+        return {path: variable for path, variable in named.values()}
+
+    sources, targets = by_path(source), by_path(target)
+    if set(sources) != set(targets):
+        raise ValueError(f"{source.name} and {target.name} have different weights: "
+                         f"{sorted(map(str, set(sources) ^ set(targets)))}")
+    for path, variable in targets.items():
+        variable.assign(sources[path])
+
+
 def causal_attention_bias(mask):
     """[B, L] bool validity mask -> [B, 1, L, L] additive bias: causal and no attention to padding."""
     L = tf.shape(mask)[1]

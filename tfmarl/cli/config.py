@@ -33,6 +33,7 @@ class SyntheticConfig:
     interactions_per_user: int = 40
     interest_drift: float = 0.05
     popularity_skew: float = 1.0
+    knowledge_graph: bool = False  # emit a knowledge graph (creator / studio triples)
 
 
 @dataclasses.dataclass
@@ -57,6 +58,9 @@ class FeaturesConfig:
     title_length: int = 8
     text_vocabulary_size: int = 500
     text_preset: typing.Optional[str] = None  # a keras-hub preset directory for text embeddings
+    knowledge: bool = True  # use the data's knowledge graph (MovieLens: genres, decades, tags)
+    knowledge_graph: typing.Optional[str] = None  # a triples file (item_id, relation, entity) instead
+    max_neighbours: int = 16
 
 
 @dataclasses.dataclass
@@ -85,6 +89,8 @@ class PretrainConfig:
     batch_size: int = 128
     learning_rate: float = 0.001
     patience: int = 3
+    id_dropout: float = 0.0  # drop trained items' id part while training: features learn new items
+    knowledge_hops: int = choice(1, 1, 2)
 
 
 @dataclasses.dataclass
@@ -109,6 +115,12 @@ class MultiAgentConfig:
 
 
 @dataclasses.dataclass
+class DqnConfig:
+    double: bool = True  # Double DQN
+    trainable_encoders: bool = False  # fine-tune the pretrained agents' layers end to end in RL
+
+
+@dataclasses.dataclass
 class RLConfig:
     algorithm: str = choice("multiagent", "multiagent", "dqn", "linucb", "lints", "neural_linucb",
                             "neural_epsilon_greedy", "none")
@@ -118,7 +130,9 @@ class RLConfig:
     gamma: float = 0.9
     epsilon_start: float = 0.2
     epsilon_end: float = 0.02
+    new_item_candidates: int = 0  # candidate places reserved for items the pretrained model never trained on
     multiagent: MultiAgentConfig = dataclasses.field(default_factory=MultiAgentConfig)
+    dqn: DqnConfig = dataclasses.field(default_factory=DqnConfig)
 
 
 @dataclasses.dataclass
@@ -262,7 +276,7 @@ def _convert(hint, field, value, path):
 
 _POSITIVE = {"n_users", "n_items", "n_categories", "interactions_per_user", "title_length", "dim", "max_length",
              "num_layers", "num_heads", "epochs", "batch_size", "candidates", "steps", "episodes", "k", "facets",
-             "domains", "num_negatives", "text_vocabulary_size"}
+             "domains", "num_negatives", "text_vocabulary_size", "max_neighbours"}
 
 
 def _check_values(config, where):
@@ -273,11 +287,11 @@ def _check_values(config, where):
             raise ConfigError(f"{path}: must be a positive integer, got {value}")
         if f.name in ("learning_rate", "encoder_learning_rate") and value <= 0:
             raise ConfigError(f"{path}: must be positive, got {value}")
-        if f.name in ("dropout", "heldout_fraction") and not 0 <= value < 1:
+        if f.name in ("dropout", "heldout_fraction", "id_dropout") and not 0 <= value < 1:
             raise ConfigError(f"{path}: must be in [0, 1), got {value}")
         if f.name in ("gamma", "epsilon_start", "epsilon_end") and not 0 <= value <= 1:
             raise ConfigError(f"{path}: must be in [0, 1], got {value}")
-        if f.name.endswith("_floor") and value < 0:
+        if (f.name.endswith("_floor") or f.name == "new_item_candidates") and value < 0:
             raise ConfigError(f"{path}: must be >= 0, got {value}")
     if isinstance(config, IndexConfig):
         for key in ("partitions", "probes", "rerank"):

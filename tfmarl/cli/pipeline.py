@@ -137,8 +137,14 @@ class Pipeline:
         else:
             sequences, vocab = build_sequences(interactions)
             f = cfg.features
+            knowledge = f.knowledge
+            if f.knowledge_graph:
+                from tfmarl.data import load_knowledge_graph
+
+                knowledge = load_knowledge_graph(f.knowledge_graph)
             features = build_item_features(interactions, vocab, categories=f.categories, titles=f.titles,
-                                           title_length=f.title_length, text_vocabulary_size=f.text_vocabulary_size)
+                                           title_length=f.title_length, text_vocabulary_size=f.text_vocabulary_size,
+                                           knowledge=knowledge, max_neighbours=f.max_neighbours)
             if f.text_preset:
                 from tfmarl.data import embed_item_texts
 
@@ -172,8 +178,8 @@ class Pipeline:
 
         cfg, s = self.config.pretrain, self.state
         with self.strategy.scope():
-            content = ContentAgent(s["vocab"].size, dim=cfg.dim, name="content_agent",
-                                   **s["features"].content_agent_kwargs())
+            content = ContentAgent(s["vocab"].size, dim=cfg.dim, name="content_agent", id_dropout=cfg.id_dropout,
+                                   knowledge_hops=cfg.knowledge_hops, **s["features"].content_agent_kwargs())
             content.set_item_features(s["features"])
             model = SequentialRecommender(
                 item_vocabulary=s["vocab"], content_agent=content, encoder=cfg.encoder, dim=cfg.dim,
@@ -254,7 +260,8 @@ class Pipeline:
         options = ALGORITHMS[cfg.algorithm].options_from_config(cfg)
         algorithm = make_algorithm(cfg.algorithm, s["model"], s["user_model"], session_config=self._session_config(),
                                    candidates=cfg.candidates, batch_size=cfg.batch_size, seed=self.config.seed,
-                                   item_counts=s["counts"], checkpoint_dir=self._checkpoints("rl"),
+                                   item_counts=s["counts"], new_item_candidates=cfg.new_item_candidates,
+                                   checkpoint_dir=self._checkpoints("rl"),
                                    log_dir=self.run_dir / "tensorboard" / "rl", strategy=self.strategy, **options)
         # On reuse this restores the finished run's checkpoint and trains no further.
         result = algorithm.train(cfg.steps, progress=self.progress)
@@ -354,7 +361,8 @@ class Pipeline:
         meta = {"run_dir": str(self.run_dir), "algorithm": self.config.rl.algorithm}
         if algorithm is None:
             path = export_recommender(s["model"], cfg.dir, k=cfg.k, retrieval=cfg.retrieval,
-                                      index_options=cfg.index_options(), metadata=meta, warmup=cfg.warmup)
+                                      index_options=cfg.index_options(), metadata=meta, warmup=cfg.warmup,
+                                      item_features=s["features"])
         else:
             path = algorithm.export(cfg.dir, k=cfg.k, retrieval=cfg.retrieval, index_options=cfg.index_options(),
                                     metadata=meta, warmup=cfg.warmup)

@@ -8,6 +8,9 @@ from tfmarl._lazy import lazy_getattr
 from tfmarl.data.errors import DataError, DataWarning
 from tfmarl.data.interactions import Interactions
 from tfmarl.data.sequences import Sequences, build_sequences
+from tfmarl.data.cold_start import (HISTORY_BUCKETS, ColdItemSplit, ColdUserSplit, bucket_name, cold_item_split,
+                                    cold_user_split)
+from tfmarl.data.knowledge import KnowledgeGraph, load_knowledge_graph, movielens_knowledge_graph
 from tfmarl.data.splits import EvalSet, Split, leave_one_out, temporal_split
 from tfmarl.data.vocab import OOV_INDEX, PAD_INDEX, Vocabulary
 
@@ -33,6 +36,7 @@ _LAZY = {
 __getattr__ = lazy_getattr(globals(), _LAZY)
 
 __all__ = [
-    "DataError", "DataWarning", "EvalSet", "Interactions", "OOV_INDEX", "PAD_INDEX", "Sequences",
-    "Split", "Vocabulary", "build_sequences", "leave_one_out", "temporal_split", *sorted(_LAZY),
+    "ColdItemSplit", "ColdUserSplit", "DataError", "DataWarning", "EvalSet", "HISTORY_BUCKETS", "KnowledgeGraph", "Interactions", "OOV_INDEX", "PAD_INDEX", "Sequences",
+    "Split", "Vocabulary", "bucket_name", "build_sequences", "cold_item_split", "cold_user_split", "leave_one_out",
+    "load_knowledge_graph", "movielens_knowledge_graph", "temporal_split", *sorted(_LAZY),
 ]

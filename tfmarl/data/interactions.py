@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from tfmarl.data.errors import DataError
+
+if TYPE_CHECKING:
+    from tfmarl.data.knowledge import KnowledgeGraph
 
 LOG_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_LOG_COLUMNS = ("rating", "event")
@@ -25,17 +28,28 @@ class Interactions:
     ``items`` (or None) is indexed by ``item_id`` (str) with columns
       ``title`` (str, may be ""), ``categories`` (tuple of str), ``text`` (str, may be "").
     ``metadata`` holds anything else a source knows (e.g. a synthetic generator's ground truth).
+    ``knowledge`` (or None) is an item knowledge graph (`tfmarl.data.knowledge.KnowledgeGraph`):
+      (item_id, relation, entity) string triples such as ("1", "genre", "Comedy"), e.g. from
+      `load_movielens` (genres, decades, tags) or ``generate_synthetic(knowledge_graph=True)``.
+      Its items need not all appear in the log or the item table.
     """
 
     log: pd.DataFrame
     items: pd.DataFrame | None = None
     name: str = "interactions"
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    knowledge: "KnowledgeGraph | None" = None
 
     def __post_init__(self):
         validate_log(self.log, where=self.name)
         if self.items is not None:
             validate_items(self.items, where=self.name)
+        if self.knowledge is not None:
+            from tfmarl.data.knowledge import KnowledgeGraph  # lazily: no import cycle with knowledge.py
+
+            if not isinstance(self.knowledge, KnowledgeGraph):
+                raise DataError(f"knowledge must be a KnowledgeGraph or None, got {type(self.knowledge).__name__}",
+                                path=self.name)
 
     # --- summary -------------------------------------------------------------------------
     @property
@@ -67,7 +81,8 @@ class Interactions:
         return (
             f"Interactions(name={self.name!r}, interactions={self.num_interactions}, "
             f"users={self.num_users}, items={self.num_items}, "
-            f"item_table={'yes' if self.items is not None else 'no'})"
+            f"item_table={'yes' if self.items is not None else 'no'}"
+            + (f", knowledge={len(self.knowledge)} triples" if self.knowledge is not None else "") + ")"
         )
 
 

@@ -4,7 +4,8 @@ Recognised layouts (by the files in the directory; `MOVIELENS_LAYOUTS`):
   ml-100k:            ``u.data`` (tab-separated), ``u.item`` (``|``-separated, latin-1), ``u.genre``
   ml-1m, ml-10m:      ``ratings.dat``, ``movies.dat`` (``::``-separated, latin-1)
   ml-latest(-small),
-  ml-20m, ml-25m, ...: ``ratings.csv``, ``movies.csv`` (with headers, UTF-8)
+  ml-20m, ml-25m, ...: ``ratings.csv``, ``movies.csv`` (with headers, UTF-8), and ``tags.csv``
+                      (optional; user tags for the knowledge graph)
 
 The data sets are not shipped: download a zip from the GroupLens page (`MOVIELENS_URL`), unzip it
 and pass the directory. `describe_movielens_layouts` says which files and archives, for messages.
@@ -22,6 +23,7 @@ import pandas as pd
 from tfmarl.data import validation as v
 from tfmarl.data.errors import DataError, DataWarning
 from tfmarl.data.interactions import Interactions
+from tfmarl.data.knowledge import movielens_knowledge_graph
 
 # The genres of ML-100k's u.item flag columns, in order, for when u.genre is absent.
 ML100K_GENRES = (
@@ -72,8 +74,9 @@ MOVIELENS_LAYOUTS = (
     MovieLensLayout("dat", ("ml-1m", "ml-10m"), "ratings.dat", "movies.dat", (),
                     (("ml-1m.zip", ""), ("ml-10m.zip", "ml-10M100K"))),
     MovieLensLayout("csv", ("ml-latest-small", "ml-latest", "ml-20m", "ml-25m", "ml-32m"), "ratings.csv",
-                    "movies.csv", (), (("ml-latest-small.zip", ""), ("ml-latest.zip", ""), ("ml-20m.zip", ""),
-                                       ("ml-25m.zip", ""), ("ml-32m.zip", ""))),
+                    "movies.csv", ("tags.csv",),
+                    (("ml-latest-small.zip", ""), ("ml-latest.zip", ""), ("ml-20m.zip", ""), ("ml-25m.zip", ""),
+                     ("ml-32m.zip", ""))),
 )
 
 
@@ -114,10 +117,16 @@ def load_movielens(path, *, on_duplicates: str = "warn") -> Interactions:
     ('warn', 'drop' or 'error'; see `load_interactions`); their count is
     ``metadata["duplicates"]``. Without the movies file, items is None (with a DataWarning).
 
+    With an item table, ``knowledge`` is an item knowledge graph (`movielens_knowledge_graph`):
+    (item, "genre", <genre>) per genre, (item, "decade", "1990s") from the year ending the title,
+    and, in the csv layout when the directory holds ``tags.csv`` (userId,movieId,tag,timestamp),
+    (item, "tag", <tag lowercased and stripped>) for tags at least 2 distinct users applied to
+    the item. Without an item table ``knowledge`` is None.
+
     Raises `MovieLensNotFoundError` (a DataError and a FileNotFoundError) if ``path`` does not
     exist or holds no layout's ratings file, naming the files each layout needs and where to
     download them (`describe_movielens_layouts`); DataError if a file is malformed (naming file,
-    line and problem); ValueError for an unknown ``on_duplicates``.
+    line and problem; tags.csv included); ValueError for an unknown ``on_duplicates``.
     """
     v.check_on_duplicates(on_duplicates)
     directory = _directory(path)
@@ -135,7 +144,12 @@ def load_movielens(path, *, on_duplicates: str = "warn") -> Interactions:
         "rating_scale": (scale.low, scale.high, scale.step),
         "duplicates": duplicates,
     }
-    return Interactions(log=log, items=items, name=name, metadata=metadata)
+    data = Interactions(log=log, items=items, name=name, metadata=metadata)
+    if items is not None:
+        tags = directory / "tags.csv"
+        tags = tags if layout.kind == "csv" and tags.is_file() else None
+        data.knowledge = movielens_knowledge_graph(data, tags=tags)
+    return data
 
 
 def _directory(path) -> pathlib.Path:

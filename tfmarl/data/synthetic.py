@@ -63,6 +63,7 @@ def generate_synthetic(
     popularity_skew: float = 1.0,
     seed: int = 0,
     start_time: int = 1_600_000_000,
+    knowledge_graph: bool = False,
 ) -> Interactions:
     """Generates a synthetic interaction log and item table; the same arguments give the same data.
 
@@ -80,10 +81,21 @@ def generate_synthetic(
       item_popularity (popularity logit), category_names, user_interests_initial and
       user_interests_final (n_users x n_categories float32, rows sum to 1), latent_dim, and the
       arguments (n_users, ..., seed, start_time).
+
+    ``knowledge_graph=True`` also makes ``knowledge`` a `KnowledgeGraph` carrying item signal the
+    categories do not: relation "creator" groups items into about n_items // 8 creators (at
+    least 2, entities "creator 1", "creator 2", ...) by seeded spherical k-means on their latent
+    factors, so items of one creator have close factors; relation "studio" is pure noise, a
+    random entity out of about n_items // 20 ("studio 1", ...). Every item has exactly one triple
+    of each. The creators are ``metadata["item_creator"]`` (0-based creator index per item
+    number minus one). The graph uses its own random generator: the log, item table and all other
+    metadata are identical whether ``knowledge_graph`` is True or False.
     Raises ValueError for invalid arguments.
     """
     args = _check_arguments(n_users, n_items, n_categories, interactions_per_user, interest_drift,
                             popularity_skew, seed, start_time)
+    if not isinstance(knowledge_graph, (bool, np.bool_)):
+        raise ValueError(f"knowledge_graph must be True or False, got {knowledge_graph!r}")
     rng = np.random.default_rng(seed)
     latent_dim = max(8, n_categories)
     names = category_names(n_categories)
@@ -105,7 +117,11 @@ def generate_synthetic(
         user_interests_final=picks["final_interests"].astype(np.float32),
         duplicates=0,
     )
-    return Interactions(log=log, items=items, name="synthetic", metadata=metadata)
+    knowledge = None
+    if knowledge_graph:
+        knowledge, creators = _knowledge_graph(np.random.default_rng([args["seed"], 7]), catalog["factors"])
+        metadata["item_creator"] = creators
+    return Interactions(log=log, items=items, name="synthetic", metadata=metadata, knowledge=knowledge)
 
 
 def category_names(n: int) -> list[str]:
@@ -227,6 +243,80 @@ def _join(columns: list[np.ndarray]) -> pd.Series:
 
 def _ids(n: int) -> np.ndarray:
     return np.arange(1, n + 1).astype(str).astype(object)
+
+
+# --- knowledge graph -----------------------------------------------------------------------
+
+ITEMS_PER_CREATOR = 8
+ITEMS_PER_STUDIO = 20
+KMEANS_ITERATIONS = 6
+_KMEANS_CHUNK = 2_000_000  # items x centroids similarities computed at once
+
+
+def _knowledge_graph(rng, factors: np.ndarray):
+    """(KnowledgeGraph with "creator" and "studio" triples, 0-based creator per item)."""
+    from tfmarl.data.knowledge import KnowledgeGraph
+
+    n_items = len(factors)
+    creators = _creators(rng, _unit_rows(factors.astype(np.float64)), max(2, n_items // ITEMS_PER_CREATOR))
+    studios = rng.integers(min(n_items, max(2, n_items // ITEMS_PER_STUDIO)), size=n_items)
+    ids = _ids(n_items)
+    triples = pd.DataFrame({
+        "item_id": np.concatenate([ids, ids]),
+        "relation": np.repeat(np.array(["creator", "studio"], dtype=object), n_items),
+        "entity": np.concatenate([_names("creator ", creators), _names("studio ", studios)]),
+    })
+    return KnowledgeGraph(triples, name="synthetic"), creators
+
+
+def _names(prefix: str, numbers: np.ndarray) -> np.ndarray:
+    return (prefix + pd.Series(numbers + 1).astype(str)).to_numpy(dtype=object)
+
+
+def _creators(rng, unit: np.ndarray, k: int) -> np.ndarray:
+    """About ``k`` clusters of the unit rows, numbered 0.. by their first item; every one non-empty.
+
+    Two levels keep it fast for large catalogs: ~sqrt(k) coarse clusters, then each split into a
+    share of ``k`` proportional to its size (spherical k-means both times).
+    """
+    n = len(unit)
+    k = min(k, n)
+    coarse_k = int(np.ceil(np.sqrt(k)))
+    coarse = _spherical_kmeans(rng, unit, coarse_k)
+    labels = np.empty(n, dtype=np.int64)
+    next_label = 0
+    for c in range(coarse_k):
+        members = np.flatnonzero(coarse == c)
+        if len(members) == 0:
+            continue
+        share = int(min(len(members), max(1, round(k * len(members) / n))))
+        labels[members] = next_label + _spherical_kmeans(rng, unit[members], share)
+        next_label += share
+    # Renumber densely (a cluster may have ended up empty), in order of each one's first item.
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first, kind="stable")
+    renumber = np.empty(labels.max() + 1, dtype=np.int64)
+    renumber[np.unique(labels)[order]] = np.arange(len(order))
+    return renumber[labels]
+
+
+def _spherical_kmeans(rng, unit: np.ndarray, k: int) -> np.ndarray:
+    """Cluster index per row: Lloyd iterations on cosine, from ``k`` distinct rows as seeds."""
+    n = len(unit)
+    if k <= 1:
+        return np.zeros(n, dtype=np.int64)
+    centroids = unit[rng.choice(n, size=k, replace=False)]
+    labels = np.zeros(n, dtype=np.int64)
+    chunk = max(1, _KMEANS_CHUNK // k)
+    for _ in range(KMEANS_ITERATIONS):
+        for start in range(0, n, chunk):
+            labels[start:start + chunk] = np.argmax(unit[start:start + chunk] @ centroids.T, axis=1)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, unit)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        filled = norms[:, 0] > 0
+        centroids[filled] = sums[filled] / norms[filled]  # an empty cluster keeps its centroid
+    return labels
 
 
 # --- users and their choices ---------------------------------------------------------------

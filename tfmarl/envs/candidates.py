@@ -49,7 +49,10 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
     Args:
       env: the session environment.
       retrieve: ``history int32 [B, L] -> candidates int32 [B, N]`` (or a dict holding
-        ``"candidates"``).
+        ``"candidates"``). When the session has catalog churn (`SessionEnvironment.new_items`),
+        it is called as ``retrieve(history, available=mask)`` with the bool [num_items] mask of
+        the items that exist now, and must not return the others (`tfmarl.rl.CandidateRetriever`
+        takes it).
       num_candidates: N.
       item_facets: int [num_items] facet of every item; adds ``"candidate_facets"`` int32 [N].
     """
@@ -137,7 +140,11 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
         return np.take_along_axis(self._candidates, positions, axis=1).astype(np.int32)
 
     def _with_candidates(self, time_step):
-        out = self._retrieve(time_step.observation["history"])
+        history = time_step.observation["history"]
+        if len(self._env.new_items):
+            out = self._retrieve(history, available=self._env.available_items)
+        else:
+            out = self._retrieve(history)
         candidates = np.asarray(out["candidates"] if isinstance(out, dict) else out, np.int32)
         if candidates.shape != (self.batch_size, self._n):
             raise ValueError(f"retrieve returned shape {candidates.shape}, expected {(self.batch_size, self._n)}")

@@ -45,6 +45,11 @@ class SessionConfig:
       satisfaction_noise: standard deviation of the noise of satisfaction.
       conversion_bias, conversion_scale: P(conversion | click) = sigmoid(scale * satisfaction + bias).
       reward_weights: reward = sum of weight * signal over "click", "satisfaction", "conversion".
+      new_item_fraction: catalog churn: this share of the real items is new, absent when the
+        environment starts and arriving over its first ``new_item_arrival_steps`` steps (a
+        seeded random choice; `SessionEnvironment(new_items=...)` names them instead).
+      new_item_arrival_steps: environment steps (`step` calls, across sessions) over which the
+        new items arrive, evenly, in a seeded random order.
     """
 
     slate_size: int = 10
@@ -66,9 +71,11 @@ class SessionConfig:
     conversion_bias: float = -2.0
     conversion_scale: float = 1.0
     reward_weights: dict = dataclasses.field(default_factory=lambda: {"click": 1.0})
+    new_item_fraction: float = 0.0
+    new_item_arrival_steps: int = 200
 
     def __post_init__(self):
-        for name in ("slate_size", "history_length", "max_steps"):
+        for name in ("slate_size", "history_length", "max_steps", "new_item_arrival_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"SessionConfig.{name} must be an integer >= 1, got {value!r}")
@@ -86,6 +93,8 @@ class SessionConfig:
             setattr(self, field.name, float(value))
         if self.initial_budget <= 0:
             raise ValueError(f"SessionConfig.initial_budget must be > 0, got {self.initial_budget!r}")
+        if not 0.0 <= self.new_item_fraction < 1.0:
+            raise ValueError(f"SessionConfig.new_item_fraction must be in [0, 1), got {self.new_item_fraction!r}")
         for name in ("boredom_decay", "interest_step"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -51,7 +51,8 @@ def run_episodes(env: SessionEnvironment, policy_fn: Callable[[dict], np.ndarray
 
     Returns a dict of per-episode float64 arrays ``return`` (sum of the weighted reward signals,
     whatever the env's reward mode), ``clicks``, ``ctr`` (clicks / steps), ``length`` (steps),
-    ``satisfaction`` (summed over clicks), ``conversions``; and over all recorded steps
+    ``satisfaction`` (summed over clicks), ``conversions``, ``new_item_clicks`` (clicks on the
+    items that arrived during the run: catalog churn, `SessionEnvironment.new_items`); and over all recorded steps
     ``recommended_items`` (sorted unique item indices shown), ``coverage`` (their fraction of the
     real items) and ``diversity`` (the mean `slate_diversity` of the slates shown, over the
     simulator's item vectors).
@@ -64,7 +65,7 @@ def run_episodes(env: SessionEnvironment, policy_fn: Callable[[dict], np.ndarray
     weights = np.array([env.config.reward_weights.get(s, 0.0) for s in SIGNALS])
     quota = num_episodes // b + (np.arange(b) < num_episodes % b)
     recorded = np.zeros(b, dtype=np.int64)
-    totals = np.zeros((5, b))  # return, clicks, steps, satisfaction, conversions
+    totals = np.zeros((6, b))  # return, clicks, steps, satisfaction, conversions, new-item clicks
     episodes = []
     shown = np.zeros(n, dtype=bool)
     vectors = env.user_model.item_vectors.astype(np.float64)
@@ -78,7 +79,8 @@ def run_episodes(env: SessionEnvironment, policy_fn: Callable[[dict], np.ndarray
         counting = ~starting & (recorded < quota)
         if counting.any():
             signals = np.stack([info["click"], info["satisfaction"], info["conversion"]]).astype(np.float64)
-            step_values = np.stack([weights @ signals, signals[0], np.ones(b), signals[1], signals[2]])
+            step_values = np.stack([weights @ signals, signals[0], np.ones(b), signals[1], signals[2],
+                                    info.get("new_item_click", np.zeros(b))])
             totals[:, counting] += step_values[:, counting]
             chosen = np.asarray(slate, dtype=np.int64)[counting]
             shown[chosen.ravel()] = True
@@ -93,7 +95,7 @@ def run_episodes(env: SessionEnvironment, policy_fn: Callable[[dict], np.ndarray
     items = np.flatnonzero(shown)
     return {
         "return": values[0], "clicks": values[1], "ctr": values[1] / np.maximum(values[2], 1),
-        "length": values[2], "satisfaction": values[3], "conversions": values[4],
+        "length": values[2], "satisfaction": values[3], "conversions": values[4], "new_item_clicks": values[5],
         "recommended_items": items, "coverage": len(items) / max(n - NUM_RESERVED, 1),
         "diversity": diversity_sum / max(slates, 1),
     }

@@ -30,6 +30,11 @@ Dynamics, for user b at one step with slate s (`SessionConfig` fields, defaults 
 The boredom and affinity in satisfaction are those before the step's update; satisfaction,
 conversion and the interest/boredom/budget updates only happen for a click.
 
+Catalog churn (``new_item_fraction`` / ``new_items``): new items are absent when the environment
+starts and arrive, evenly, over its first ``new_item_arrival_steps`` steps; until an item
+arrives nobody can click it (utility -inf). Their affinities and quality are the fitted ones,
+unknown to a policy that never saw them. ``last_info["new_item_click"]`` flags clicks on them.
+
 So a click-maximising (myopic) policy, which favours popular items of the user's favourite
 category, spends the budget faster than one that also serves high-quality items and varies
 the categories: the return (clicks per session by default) rewards the long view.
@@ -110,6 +115,8 @@ class SessionEnvironment(py_environment.PyEnvironment):
         the same seed face the same users and the same noise (common random numbers).
       reward: "scalar" (float32 per element: sum of reward_weights[s] * signal_s) or
         "signals" (a dict of float32 "click", "satisfaction", "conversion").
+      new_items: item indices that arrive over time (catalog churn; see the module docstring),
+        instead of the config's seeded random ``new_item_fraction``.
 
     Observation (leading batch dimension B): ``{"history": int32 [history_length]`` (the
     consumed items visible to the policy, oldest first, right-padded with 0), ``"step": int32``
@@ -120,7 +127,7 @@ class SessionEnvironment(py_environment.PyEnvironment):
     """
 
     def __init__(self, user_model: UserModel, config: SessionConfig | None = None, *, batch_size: int = 64,
-                 users="train", seed: int = 0, reward: str = "scalar"):
+                 users="train", seed: int = 0, reward: str = "scalar", new_items=None):
         super().__init__(handle_auto_reset=False)
         if not isinstance(user_model, UserModel):
             raise TypeError(f"user_model must be a UserModel, got {type(user_model).__name__}")
@@ -164,6 +171,9 @@ class SessionEnvironment(py_environment.PyEnvironment):
         self._done = np.zeros(b, dtype=bool)
         self._rows = np.arange(b)
         self._dummy_slate = np.arange(NUM_RESERVED, NUM_RESERVED + k, dtype=np.int64)
+        self._new_items, self._arrival = self._arrivals(new_items, seed)
+        self._is_new = np.zeros(n, dtype=bool)
+        self._is_new[self._new_items] = True
         self.last_info = self._empty_info()
         self.seed(seed)
 
@@ -193,6 +203,7 @@ class SessionEnvironment(py_environment.PyEnvironment):
         self._user_key = sequence.generate_state(1, np.uint64)[0]
         self._rng = np.random.default_rng(sequence.spawn(1)[0])
         self._episodes = np.zeros(self._batch, dtype=np.uint64)
+        self._clock = 0  # step calls since seeding: new items arrive on this clock
         self._current_time_step = None
 
     def get_info(self):
@@ -236,6 +247,7 @@ class SessionEnvironment(py_environment.PyEnvironment):
         with np.errstate(over="ignore"):
             p_convert = 1.0 / (1.0 + np.exp(-(cfg.conversion_scale * satisfaction + cfg.conversion_bias)))
         conversion = click & (coin < p_convert)
+        self._clock += 1
         signals = np.stack([click.astype(np.float64), satisfaction, conversion.astype(np.float64)])
         reward = self._weights @ signals
         if not (np.isfinite(reward).all() and np.isfinite(satisfaction).all()):
@@ -267,6 +279,7 @@ class SessionEnvironment(py_environment.PyEnvironment):
             "click": click.astype(np.float32), "satisfaction": satisfaction.astype(np.float32),
             "conversion": conversion.astype(np.float32),
             "chosen_slot": np.where(click, slot, -1).astype(np.int32), "chosen_item": item.astype(np.int32),
+            "new_item_click": (click & self._is_new[item]).astype(np.float32),
         }
         step_type = np.where(restart, _FIRST, np.where(ended, _LAST, _MID)).astype(np.int32)
         discount = np.where(ended, 0.0, 1.0).astype(np.float32)
@@ -388,7 +401,7 @@ class SessionEnvironment(py_environment.PyEnvironment):
         b = self._batch
         return {"click": np.zeros(b, np.float32), "satisfaction": np.zeros(b, np.float32),
                 "conversion": np.zeros(b, np.float32), "chosen_slot": np.full(b, -1, np.int32),
-                "chosen_item": np.zeros(b, np.int32)}
+                "chosen_item": np.zeros(b, np.int32), "new_item_click": np.zeros(b, np.float32)}
 
     def _check_action(self, action, active: np.ndarray) -> np.ndarray:
         a = np.asarray(action)
@@ -434,6 +447,8 @@ class SessionEnvironment(py_environment.PyEnvironment):
         utility = (cfg.affinity_scale * affinity + cfg.popularity_weight * model.item_bias[slate]
                    - boredom).astype(np.float64)
         utility[np.take_along_axis(self._consumed, slate, axis=1)] = -np.inf
+        if len(self._new_items):
+            utility[~self.available_items[slate]] = -np.inf  # not arrived yet
         return affinity, utility, boredom
 
     def _catalog_utility(self) -> np.ndarray:
@@ -443,7 +458,45 @@ class SessionEnvironment(py_environment.PyEnvironment):
                    - self._boredom[:, model.item_category]).astype(np.float64)
         utility[self._consumed] = -np.inf
         utility[:, :NUM_RESERVED] = -np.inf
+        if len(self._new_items):
+            utility[:, ~self.available_items] = -np.inf
         return utility
+
+    # --- catalog churn -----------------------------------------------------------------------
+    @property
+    def new_items(self) -> np.ndarray:
+        """The item indices that arrive over time (empty without churn), int64."""
+        return self._new_items.copy()
+
+    @property
+    def available_items(self) -> np.ndarray:
+        """bool [num_items]: the items that exist now (every item but the new ones not arrived yet)."""
+        available = np.ones(self._model.num_items, dtype=bool)
+        available[self._new_items[self._arrival > self._clock]] = False
+        return available
+
+    def _arrivals(self, new_items, seed) -> tuple[np.ndarray, np.ndarray]:
+        """(new item indices, the step each arrives at), from ``new_items`` or the config."""
+        n = self._model.num_items
+        if new_items is None:
+            count = int(round(self._config.new_item_fraction * (n - NUM_RESERVED)))
+            rng = np.random.default_rng([int(seed), 17])
+            new_items = rng.choice(np.arange(NUM_RESERVED, n), size=count, replace=False)
+        new_items = np.asarray(new_items)
+        if new_items.ndim != 1 or (new_items.size and not np.issubdtype(new_items.dtype, np.integer)):
+            raise ValueError("new_items must be a 1-d array of item indices")
+        new_items = new_items.astype(np.int64)
+        if new_items.size and (new_items.min() < NUM_RESERVED or new_items.max() >= n):
+            raise ValueError(f"new_items must lie in [{NUM_RESERVED}, {n})")
+        if len(np.unique(new_items)) != len(new_items):
+            raise ValueError("new_items repeat an item")
+        if n - NUM_RESERVED - len(new_items) < self._config.slate_size:
+            raise ValueError(f"only {n - NUM_RESERVED - len(new_items)} items exist at the start, fewer than "
+                             f"slate_size={self._config.slate_size}")
+        order = np.random.default_rng([int(seed), 18]).permutation(len(new_items))
+        arrival = np.empty(len(new_items), np.int64)
+        arrival[order] = 1 + np.arange(len(new_items)) * self._config.new_item_arrival_steps // max(len(new_items), 1)
+        return new_items, arrival
 
     def _move_interest(self, rows: np.ndarray, targets: np.ndarray) -> None:
         eta = self._config.interest_step

@@ -138,7 +138,8 @@ class RecommenderServing(tf.Module):
 
 def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = None, *, k: int | None = None,
                        retrieval: str = "brute_force", index_options: dict | None = None,
-                       metadata: dict | None = None, warmup: bool = True) -> pathlib.Path:
+                       metadata: dict | None = None, warmup: bool = True,
+                       item_features=None) -> pathlib.Path:
     """Exports ``model`` as version ``<n+1>`` under ``export_dir``; returns that version's path.
 
     The SavedModel is written to a hidden temporary directory beside the versions and renamed into
@@ -159,6 +160,9 @@ def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = N
         ``retrieval="partitioned"``; the fitted values go into the metadata under ``"index"``.
       metadata: extra JSON-serialisable facts stored in ``assets.extra/tfmarl.json``.
       warmup: also write TF Serving warm-up requests (``assets.extra/tf_serving_warmup_requests``).
+      item_features: the `tfmarl.data.ItemFeatures` the model's Content agent was filled with:
+        the export then carries its item encoder (``assets.extra/item_encoder/``), so that
+        `tfmarl.export.add_items` can add new items from their features later, without retraining.
     """
     vocabulary = item_vocabulary or getattr(model, "item_vocabulary", None)
     if vocabulary is None:
@@ -169,8 +173,18 @@ def export_recommender(model, export_dir, item_vocabulary: Vocabulary | None = N
             "retrieval": module.retrieval, **index_metadata(module),
             "num_items": int(model.num_items), "signature": SIGNATURE_KEY, "created": time.time(),
             **(metadata or {})}
+    if item_features is not None:
+        info.update(item_encoder=True, index_options=check_index_options(index_options) or None)
     warm = (vocabulary, pathlib.Path(export_dir).name, module.max_length) if warmup else None
-    return write_version(export_dir, lambda path: save_servable(module, path, info, warm))
+
+    def write(path):
+        save_servable(module, path, info, warm)
+        if item_features is not None:
+            from tfmarl.export.catalog import save_item_encoder
+
+            save_item_encoder(model, item_features, path)
+
+    return write_version(export_dir, write)
 
 
 def index_metadata(module) -> dict:

@@ -19,6 +19,7 @@ from tf_agents.bandits.specs import utils as bandit_spec_utils
 from tf_agents.networks import network
 
 from tfmarl.agents import ContentAgent, UserAgent
+from tfmarl.agents.blocks import copy_weights
 from tfmarl.agents.content import CATALOG_PASS_MAX_ITEMS
 
 GLOBAL = bandit_spec_utils.GLOBAL_FEATURE_KEY
@@ -237,8 +238,8 @@ class CandidateQNetwork(network.Network):
     def warm_start(self, model) -> None:
         """Copies the pretrained agents' weights (a `SequentialRecommender`'s) into this network."""
         self.create_variables()
-        self._user.set_weights(model.user_agent.get_weights())
-        self._content.set_weights(model.content_agent.get_weights())
+        copy_weights(model.user_agent, self._user)
+        copy_weights(model.content_agent, self._content)
 
     @property
     def agents(self):

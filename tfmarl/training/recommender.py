@@ -103,6 +103,13 @@ class SequentialRecommender(tfrs.models.Model):
             name="item_log_probs")
         self.retrieval = tfrs.tasks.Retrieval(remove_accidental_hits=True, name="retrieval")
 
+    def set_known_items(self, known) -> None:
+        """Marks which items exist while training (a bool mask [num_items] or item indices, e.g.
+        those of the training sequences); the others are new items: left out of the training
+        softmax ("full" loss) and encoded from their features alone (`ContentAgent.set_known_items`).
+        Without a call every item is known."""
+        self.content_agent.set_known_items(known)
+
     # --- inference -------------------------------------------------------------------------
     def item_vectors(self, training=None):
         """Vectors of the whole catalog, [num_items, dim]."""
@@ -156,9 +163,11 @@ class SequentialRecommender(tfrs.models.Model):
 
     def _summed_loss(self, queries, positives, items):
         if self.loss_type == "full":
+            # New items (see `set_known_items`) do not exist yet at training time: no probability.
+            unknown = (self.content_agent.known_items - 1.0) * -NEG_INF
             if self.system_agent.is_factorized:  # the [targets, catalog] softmax dominates a step: fused
-                return full_softmax_loss(queries, positives, items)
-            logits = mask_excluded(self.system_agent.score(queries, items))
+                return full_softmax_loss(queries, positives, items, unknown[NUM_RESERVED:])
+            logits = mask_excluded(self.system_agent.score(queries, items)) + unknown
             return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(positives, logits))
         candidates = positives
         if self.loss_type == "sampled":
@@ -202,9 +211,11 @@ class SequentialRecommender(tfrs.models.Model):
         return self
 
 
-def full_softmax_loss(queries, positives, items):
+def full_softmax_loss(queries, positives, items, bias=None):
     """Summed cross-entropy of inner-product scores over the whole catalog, reserved indices
-    (padding, OOV) masked: ``sum_i -log softmax(queries[i] @ items.T)[positives[i]]``.
+    (padding, OOV) masked: ``sum_i -log softmax(queries[i] @ items.T + bias)[positives[i]]``.
+    ``bias`` (float [num_items - NUM_RESERVED], constant: no gradient) is added to the logits of
+    the non-reserved items; ``NEG_INF`` there removes an item from the softmax.
 
     The value and gradients equal those of ``mask_excluded`` logits fed to
     ``tf.nn.sparse_softmax_cross_entropy_with_logits`` (a positive at a reserved index costs
@@ -217,6 +228,8 @@ def full_softmax_loss(queries, positives, items):
 
     queries: float [T, D]; positives: int [T]; items: float [num_items, D] -> scalar.
     """
+    if bias is not None:
+        bias = tf.stop_gradient(tf.cast(bias, items.dtype))
 
     @tf.custom_gradient
     def loss(queries, items):
@@ -225,6 +238,8 @@ def full_softmax_loss(queries, positives, items):
         real = labels >= 0
         labels = tf.maximum(labels, 0)
         logits = tf.matmul(queries, candidates, transpose_b=True)  # [T, C]
+        if bias is not None:
+            logits += bias[None, :]
         probs = tf.nn.softmax(logits)
         p = tf.gather(probs, labels[:, None], batch_dims=1)[:, 0]
         # -log p is exact while p is a normal float; rows whose positive is reserved or so unlikely

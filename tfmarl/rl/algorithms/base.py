@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 import tensorflow as tf
 
 ALGORITHMS: dict = {}
@@ -60,12 +61,18 @@ class Algorithm:
       batch_size: concurrent simulated sessions.
       seed: environment, exploration and initialisation seed.
       item_counts: training popularity per item index (the novelty signal; popularity baselines).
+      new_items: item indices that arrive over time in the training sessions (catalog churn, on
+        ``session_config.new_item_arrival_steps``; see `tfmarl.envs.SessionEnvironment`); the
+        retriever then proposes only the items that exist.
+      new_item_candidates: places among the N candidates reserved for the best new items (those
+        the pretrained Content agent does not know; `tfmarl.rl.CandidateRetriever`).
       checkpoint_dir: resumable checkpoints; log_dir: TensorBoard.
       strategy: a `tf.distribute.Strategy` to build and train under (default: the current one).
     """
 
     def __init__(self, model, user_model, *, algorithm: str | None = None, session_config=None,
-                 candidates: int = 100, batch_size: int = 64, seed: int = 0, item_counts=None,
+                 candidates: int = 100, batch_size: int = 64, seed: int = 0, item_counts=None, new_items=None,
+                 new_item_candidates: int = 0,
                  checkpoint_dir=None, log_dir=None, strategy: tf.distribute.Strategy | None = None, **options):
         from tfmarl.envs import SessionConfig
         from tfmarl.rl.retrieval import CandidateRetriever
@@ -78,10 +85,12 @@ class Algorithm:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.item_counts = item_counts
+        self.new_items = None if new_items is None else np.asarray(new_items, np.int64)
         self.checkpoint_dir = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.log_dir = log_dir
         self.strategy = strategy or tf.distribute.get_strategy()
-        self.retriever = CandidateRetriever(model, num_candidates=self.candidates)
+        self.retriever = CandidateRetriever(model, num_candidates=self.candidates,
+                                            new_item_candidates=new_item_candidates)
         tf.keras.utils.set_random_seed(self.seed)
         self._build(**options)
 
@@ -94,7 +103,7 @@ class Algorithm:
         from tfmarl.envs import SessionEnvironment
 
         return SessionEnvironment(self.user_model, self.session_config, batch_size=batch_size or self.batch_size,
-                                  users="train", seed=self.seed)
+                                  users="train", seed=self.seed, new_items=self.new_items)
 
     def _single_replica(self) -> None:
         """Families whose loop trains on one replica refuse multi-replica strategies up front."""

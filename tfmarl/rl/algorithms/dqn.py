@@ -41,7 +41,8 @@ class DQN(Algorithm):
     def options_from_config(cls, rl) -> dict:
         from tfmarl.rl.loops import linear_schedule
 
-        return {"gamma": rl.gamma, "epsilon": linear_schedule(rl.epsilon_start, rl.epsilon_end, max(rl.steps // 3, 1))}
+        return {"gamma": rl.gamma, "epsilon": linear_schedule(rl.epsilon_start, rl.epsilon_end, max(rl.steps // 3, 1)),
+                "double": rl.dqn.double, "trainable_encoders": rl.dqn.trainable_encoders}
 
     def train(self, steps: int, *, progress: bool = False):
         from tfmarl.rl.loops import train_dqn

@@ -28,6 +28,7 @@ import tensorflow as tf
 from tf_agents.networks import network
 
 from tfmarl.agents import ContentAgent, SystemAgent, UserAgent
+from tfmarl.agents.blocks import copy_weights
 from tfmarl.agents.content import CATALOG_PASS_MAX_ITEMS
 
 
@@ -218,7 +219,7 @@ class MultiAgentNetwork(network.Network):
     def warm_start(self, model) -> None:
         """Copies a pretrained `SequentialRecommender`'s agents' weights into the encoders."""
         self.create_variables()
-        self.user_agent.set_weights(model.user_agent.get_weights())
-        self.content_agent.set_weights(model.content_agent.get_weights())
+        copy_weights(model.user_agent, self.user_agent)
+        copy_weights(model.content_agent, self.content_agent)
         if self.system_agent is not None:
-            self.system_agent.set_weights(model.system_agent.get_weights())
+            copy_weights(model.system_agent, self.system_agent)

@@ -1,0 +1,311 @@
+"""Cold start: new items ranked from their content and knowledge graph, and users with short histories.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/cold_start.py --data ../shared/data/ml-100k \
+        --out benchmarks/results/cold_start.json
+
+Cold items (`tfmarl.data.cold_item_split`, 10% of the items, "random" and "newest" splits): every
+interaction with them is removed from training; the test targets are the cold items a user went
+on to have, ranked after the user's warm history, against the whole catalog (`all_catalog`) and
+against the cold items only (`cold_only`). Models:
+
+  content_agent          transformer + ContentAgent: categories, title tokens, the release year
+                         (numeric) and the knowledge graph (genre, decade on MovieLens), id
+                         dropout; new items have no id part
+  content_agent_no_kg    the same without the knowledge graph
+  content_agent_no_text  the same without title tokens
+  lightfm                LightFM (WARP) with the same item features (categories, title tokens,
+                         knowledge-graph entities, the release year as one indicator column per
+                         year), identity columns for warm items, users as
+                         their histories (benchmarks/lightfm_peer.py); skipped if not installed
+  cold_popularity        cold items by their popularity *in the test interactions* (an oracle:
+                         nothing trained can know it), other items below
+  random                 uniform scores
+
+Synthetic data (`generate_synthetic(knowledge_graph=True)`: a "creator" relation groups items
+with close latent factors, a "studio" relation is noise): the Content agent with categories and
+the graph (`content_agent_kg`), with categories only (`content_agent_no_kg`) and with a shuffled
+graph (`content_agent_shuffled_kg`: same degrees, edges permuted), in the same run.
+
+Cold users (`tfmarl.data.cold_user_split`, ML-100k): 10% of users never trained on; one test
+instance per history-length bucket (1, 2-5, 6-20, >20) — the transformer vs train popularity.
+
+Differences between models are paired-bootstrap 95% intervals over test users (`paired_bootstrap`).
+Also reported: each Content agent's warm leave-one-out NDCG@10 next to the plain id-only
+transformer's, so a cold-start gain is not bought with the warm ranking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb, write_json  # noqa: E402
+import tfmarl  # noqa: E402,F401  (selects tf_keras before TensorFlow loads)
+
+import numpy as np  # noqa: E402
+
+FRACTION = 0.1
+MODEL = dict(dim=64, max_length=50, num_layers=2, num_heads=2, dropout=0.2)
+TRAIN = dict(epochs=30, batch_size=128, learning_rate=1e-3, patience=3)
+ID_DROPOUT = 0.5
+BOOTSTRAP = 2000
+
+
+def paired_bootstrap(a, b, *, samples: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """Mean of a - b over paired per-user values, with its percentile-bootstrap 95% interval."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(len(diff), size=(samples, len(diff)))].mean(1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {"mean": float(diff.mean()), "ci95": [float(low), float(high)], "users": int(len(diff)),
+            "significant": bool(low > 0 or high < 0)}
+
+
+def features_for(interactions, vocab, *, text=True, knowledge=True, numeric=False):
+    """Item features; ``numeric``: the release year (from MovieLens titles) as a numeric attribute."""
+    import pandas as pd
+
+    from tfmarl.data import build_item_features
+    from tfmarl.data.knowledge import release_year
+
+    years = None
+    if numeric:
+        years = pd.DataFrame({"release_year": [release_year(t) for t in interactions.items["title"]]},
+                             index=interactions.items.index, dtype=float)
+    return build_item_features(interactions, vocab, titles=text, knowledge=knowledge, text_vocabulary_size=1000,
+                               numeric=years)
+
+
+def train_content_agent(split, vocab, features, *, seed, cold_items, epochs, id_dropout=ID_DROPOUT):
+    """A transformer whose Content agent encodes items from ``features``; cold items unknown."""
+    import tensorflow as tf
+
+    from tfmarl.agents import ContentAgent
+    from tfmarl.training import SequentialRecommender, pretrain
+
+    tf.keras.utils.set_random_seed(seed)
+    content = ContentAgent(vocab.size, dim=MODEL["dim"], name="content_agent", id_dropout=id_dropout,
+                           **(features.content_agent_kwargs() if features is not None else {}))
+    if features is not None:
+        content.set_item_features(features)
+    freq = np.bincount(split.train.items, minlength=vocab.size)
+    model = SequentialRecommender(item_vocabulary=vocab, content_agent=content, item_frequencies=freq, **MODEL)
+    if cold_items is not None:
+        known = np.ones(vocab.size, bool)
+        known[cold_items] = False
+        model.set_known_items(known)
+    train = {k: v for k, v in TRAIN.items() if k != "epochs"}
+    start = time.perf_counter()
+    result = pretrain(model, split.train, split.valid, epochs=epochs, seed=seed, verbose=0, **train)
+    return model, {"epochs": result.epochs, "best_epoch": result.best_epoch, "val_ndcg@10": result.best_metric,
+                   "train_seconds": time.perf_counter() - start}
+
+
+def cold_metrics(model, split, *, warm=True) -> tuple[dict, dict]:
+    """(JSON row, per-user NDCG@10 arrays by ranking) of a model on a cold-item split."""
+    from tfmarl.evaluation import evaluate_ranking
+
+    row, per_user = {}, {}
+    for ranking, candidates in (("all_catalog", None), ("cold_only", split.cold_items)):
+        m = evaluate_ranking(model, split.test, ks=(10,), candidates=candidates, per_user=True,
+                             num_items=model.num_items, max_length=MODEL["max_length"])
+        per_user[ranking] = m.pop("per_user")["ndcg@10"]
+        row[ranking] = {k: m[k] for k in ("ndcg@10", "hr@10", "coverage@10", "users")}
+    row["cold_ndcg@10"] = row["all_catalog"]["ndcg@10"]
+    if warm:
+        m = evaluate_ranking(model, split.warm_test, ks=(10,), num_items=model.num_items,
+                             max_length=MODEL["max_length"])
+        row["warm_ndcg@10"] = m["ndcg@10"]
+    return row, per_user
+
+
+class Scores:
+    """A fixed per-item score vector as a `score_catalog` model."""
+
+    def __init__(self, scores):
+        import tensorflow as tf
+
+        self.num_items, self.max_length = len(scores), MODEL["max_length"]
+        self._scores = tf.constant(np.asarray(scores, np.float32))
+
+    def score_catalog(self, history):
+        import tensorflow as tf
+
+        return tf.tile(self._scores[None, :], [tf.shape(history)[0], 1])
+
+
+def oracle_cold_popularity(split, num_items):
+    counts = np.zeros(num_items, np.float32)
+    np.add.at(counts, split.test.targets, 1.0)
+    scores = np.full(num_items, -1.0, np.float32)
+    scores[split.cold_items] = counts[split.cold_items]
+    return Scores(scores)
+
+
+def lightfm_model(split, vocab, features, *, seed, epochs):
+    try:
+        import lightfm  # noqa: F401
+    except ImportError:
+        return None
+    from lightfm_peer import LightFMRanker, item_feature_matrix
+
+    tables = [t for t in (features.categories, features.title_tokens, features.kg_entities) if t is not None]
+    if features.numeric is not None:  # each distinct value (a release year) is one indicator column
+        for column in features.numeric.T:
+            values = np.unique(column)
+            tables.append((np.searchsorted(values, column) + 1)[:, None].astype(np.int32))
+    warm = np.setdiff1d(np.arange(2, vocab.size), split.cold_items)
+    matrix = item_feature_matrix(vocab.size, warm, tables, identity=True)
+    histories = [split.train.items[split.train.offsets[u]:split.train.offsets[u + 1]]
+                 for u in range(len(split.train))]
+    ranker = LightFMRanker(vocab.size, matrix, epochs=epochs, seed=seed, max_length=MODEL["max_length"])
+    return ranker.fit(histories)
+
+
+def run_cold_items(name, interactions, sequences, vocab, args, *, variants, peers=True):
+    """Every model on the random and newest cold-item splits of one dataset."""
+    from tfmarl.data import cold_item_split
+
+    out = {}
+    if args.variants:
+        variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
+    for how in args.splits.split(","):
+        if name == "synthetic" and how == "newest":
+            continue  # synthetic items all exist from the start: "newest" means nothing there
+        split = cold_item_split(sequences, FRACTION, how=how, seed=args.seed)
+        rows, per_user = {}, {}
+        for model_name, feature_kwargs in variants.items():
+            features = feature_kwargs() if callable(feature_kwargs) else feature_kwargs
+            t0 = time.perf_counter()
+            model, info = train_content_agent(split, vocab, features, seed=args.seed, cold_items=split.cold_items,
+                                              epochs=args.epochs, id_dropout=args.id_dropout)
+            rows[model_name], per_user[model_name] = cold_metrics(model, split)
+            rows[model_name].update(info)
+            print(f"{name}/{how}/{model_name}: cold {rows[model_name]['cold_ndcg@10']:.4f} "
+                  f"cold-only {rows[model_name]['cold_only']['ndcg@10']:.4f} "
+                  f"warm {rows[model_name]['warm_ndcg@10']:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        if peers and "content_agent" in variants:
+            full = variants["content_agent"]
+            features = full() if callable(full) else full
+            t0 = time.perf_counter()
+            ranker = lightfm_model(split, vocab, features, seed=args.seed, epochs=args.lightfm_epochs)
+            if ranker is not None:
+                rows["lightfm"], per_user["lightfm"] = cold_metrics(ranker, split)
+                rows["lightfm"]["train_seconds"] = time.perf_counter() - t0
+                print(f"{name}/{how}/lightfm: cold {rows['lightfm']['cold_ndcg@10']:.4f}", file=sys.stderr)
+            else:
+                rows["lightfm"] = {"skipped": "lightfm is not installed (see benchmarks/lightfm_peer.py)"}
+            rows["cold_popularity"], per_user["cold_popularity"] = cold_metrics(
+                oracle_cold_popularity(split, vocab.size), split, warm=False)
+            rng = np.random.default_rng(args.seed)
+            rows["random"], per_user["random"] = cold_metrics(Scores(rng.random(vocab.size)), split, warm=False)
+        comparisons = {}
+        base = "content_agent" if "content_agent" in rows else "content_agent_kg"
+        for other in rows:
+            if other != base and other in per_user:
+                comparisons[f"{base}-{other}"] = {
+                    ranking: paired_bootstrap(per_user[base][ranking], per_user[other][ranking], seed=args.seed)
+                    for ranking in ("all_catalog", "cold_only")}
+        out[how] = {"cold_items": int(len(split.cold_items)), "test_users": int(len(split.test)),
+                    "models": rows, "paired_ndcg@10_differences": comparisons}
+    return out
+
+
+def run_warm_reference(sequences, vocab, args):
+    """The plain id-only transformer's warm leave-one-out NDCG@10 (the ranking benchmark's model)."""
+    from tfmarl.data import leave_one_out
+    from tfmarl.evaluation import evaluate_ranking
+
+    split = leave_one_out(sequences)
+    model, info = train_content_agent(split, vocab, None, seed=args.seed, cold_items=None, epochs=args.epochs,
+                                      id_dropout=0.0)
+    m = evaluate_ranking(model, split.test, ks=(10,))
+    return {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], **info}
+
+
+def run_cold_users(sequences, vocab, args):
+    from tfmarl.data import cold_user_split
+    from tfmarl.evaluation import evaluate_by_history_length
+
+    split = cold_user_split(sequences, FRACTION, seed=args.seed)
+    model, info = train_content_agent(split, vocab, None, seed=args.seed, cold_items=None, epochs=args.epochs,
+                                      id_dropout=0.0)
+    popularity = Scores(np.bincount(split.train.items, minlength=vocab.size).astype(np.float32))
+    out = {"cold_users_test_instances": int(len(split.test)), "transformer": info}
+    for name, scorer in (("transformer", model), ("popularity", popularity)):
+        report = evaluate_by_history_length(scorer, split.test, ks=(10,), history_lengths=split.history_lengths,
+                                            num_items=vocab.size, max_length=MODEL["max_length"])
+        out.setdefault("buckets", {})[name] = {
+            bucket: {k: m[k] for k in ("ndcg@10", "hr@10", "users") if k in m} for bucket, m in report.items()}
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/ml-100k", help="MovieLens-100K directory")
+    parser.add_argument("--out", default="benchmarks/results/cold_start.json")
+    parser.add_argument("--epochs", type=int, default=TRAIN["epochs"])
+    parser.add_argument("--lightfm-epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", default="ml100k,synthetic,cold_users,warm")
+    parser.add_argument("--synthetic-users", type=int, default=3000)
+    parser.add_argument("--synthetic-items", type=int, default=1500)
+    parser.add_argument("--variants", default=None, help="comma-separated Content agent variants (default: all)")
+    parser.add_argument("--splits", default="random,newest")
+    parser.add_argument("--id-dropout", type=float, default=ID_DROPOUT)
+    args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+
+    from tfmarl.data import build_sequences, generate_synthetic, load_movielens
+
+    start = time.perf_counter()
+    result = {"machine": machine(), "protocol": {"cold_fraction": FRACTION, "model": MODEL, "train": TRAIN,
+                                                 "id_dropout": args.id_dropout, "bootstrap": BOOTSTRAP,
+                                                 "seed": args.seed, "epochs": args.epochs}}
+    if parts & {"ml100k", "cold_users", "warm"}:
+        movielens = load_movielens(args.data)
+        ml_sequences, ml_vocab = build_sequences(movielens)
+    if "ml100k" in parts:
+        variants = {
+            "content_agent": features_for(movielens, ml_vocab, numeric=True),
+            "content_agent_no_kg": features_for(movielens, ml_vocab, knowledge=False, numeric=True),
+            "content_agent_no_text": features_for(movielens, ml_vocab, text=False, numeric=True),
+        }
+        ml = run_cold_items("ml100k", movielens, ml_sequences, ml_vocab, args, variants=variants)
+        result["ml100k"] = {"dataset": movielens.name, "knowledge_graph_triples": len(movielens.knowledge), **ml}
+        # The headline keys: the random split, cold items ranked against the whole catalog.
+        for model in ("content_agent", "lightfm"):
+            row = ml["random"]["models"].get(model, {})
+            if "cold_ndcg@10" in row:
+                result["ml100k"][model] = {"cold_ndcg@10": row["cold_ndcg@10"], "cold_hr@10": row["all_catalog"]["hr@10"]}
+    if "warm" in parts:
+        result.setdefault("ml100k", {})["warm_reference_id_only"] = run_warm_reference(ml_sequences, ml_vocab, args)
+    if "synthetic" in parts:
+        synthetic = generate_synthetic(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed,
+                                       knowledge_graph=True)
+        sequences, vocab = build_sequences(synthetic)
+        shuffled = synthetic.knowledge.shuffled(seed=args.seed)
+        variants = {
+            "content_agent_kg": features_for(synthetic, vocab, text=False),
+            "content_agent_no_kg": features_for(synthetic, vocab, text=False, knowledge=False),
+            "content_agent_shuffled_kg": features_for(synthetic, vocab, text=False, knowledge=shuffled),
+        }
+        syn = run_cold_items("synthetic", synthetic, sequences, vocab, args, variants=variants, peers=False)
+        result["synthetic"] = {"n_users": args.synthetic_users, "n_items": args.synthetic_items, **syn}
+        for model in variants:
+            result["synthetic"][model] = {"cold_ndcg@10": syn["random"]["models"][model]["cold_ndcg@10"]}
+    if "cold_users" in parts:
+        result.setdefault("ml100k", {})["cold_users"] = run_cold_users(ml_sequences, ml_vocab, args)
+    result["seconds"] = time.perf_counter() - start
+    result["peak_rss_mb"] = peak_rss_mb()
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
