@@ -96,14 +96,19 @@ def test_second_hop_carries_linked_items_signal():
     np.testing.assert_allclose(one_hop(tf.constant([2])).numpy(), before, atol=1e-6)
 
 
-def test_new_items_get_the_learnt_unknown_id_vector():
-    agent = ContentAgent(N, dim=D, id_dropout=0.3)
-    agent.build()
+def test_new_items_get_what_their_features_predict_of_an_id():
+    agent = ContentAgent(N, dim=D, id_dropout=0.3, num_categories=3, max_categories=1)
+    categories = np.zeros((N, 1), np.int32)
+    categories[2:] = 1 + np.arange(N - 2)[:, None] % 2
+    agent.set_item_features({"categories": categories})
     agent.unknown_id.assign(np.arange(D, dtype=np.float32))
     agent.set_known_items(np.arange(N - 1))
     vectors = agent.catalog().numpy()
-    np.testing.assert_allclose(vectors[N - 1], np.arange(D))
-    np.testing.assert_allclose(vectors[3], agent.id_embeddings.numpy()[3])
+    features = agent.category_embeddings.numpy()[categories[:, 0]]
+    predicted = agent.id_output(agent.id_hidden(tf.constant(features[N - 1:]))).numpy()[0]
+    assert np.abs(predicted).max() > 0
+    np.testing.assert_allclose(vectors[N - 1], features[N - 1] + np.arange(D) + predicted, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vectors[3], features[3] + agent.id_embeddings.numpy()[3], atol=1e-6)
 
 
 def test_new_items_are_encoded_from_features_alone():
