@@ -244,19 +244,21 @@ class ContentAgent(tf.keras.layers.Layer):
         keep = tf.nn.embedding_lookup(self.known_items, item_ids)
         if self.id_dropout and training:
             keep *= tf.cast(tf.random.uniform(tf.shape(item_ids)) >= self.id_dropout, keep.dtype)
-        vectors = tf.zeros(tf.concat([tf.shape(item_ids), [self.dim]], 0))
+        parts = []
         if self.num_categories:
-            vectors += _mean_embedding(self.category_embeddings, tf.nn.embedding_lookup(self.item_categories, item_ids))
+            parts.append(_mean_embedding(self.category_embeddings,
+                                         tf.nn.embedding_lookup(self.item_categories, item_ids)))
         if self.text_vocabulary_size:
-            vectors += _mean_embedding(self.token_embeddings, tf.nn.embedding_lookup(self.title_tokens, item_ids))
+            parts.append(_mean_embedding(self.token_embeddings, tf.nn.embedding_lookup(self.title_tokens, item_ids)))
         if self.text_embedding_dim:
-            vectors += self.text_projection(tf.nn.embedding_lookup(self.text_embeddings, item_ids))
+            parts.append(self.text_projection(tf.nn.embedding_lookup(self.text_embeddings, item_ids)))
         if self.numeric_dim:
-            vectors += self.numeric_projection(tf.nn.embedding_lookup(self.numeric_attributes, item_ids))
-        ids = tf.nn.embedding_lookup(self.id_embeddings, item_ids) * keep[..., None]
+            parts.append(self.numeric_projection(tf.nn.embedding_lookup(self.numeric_attributes, item_ids)))
+        vectors = tf.nn.embedding_lookup(self.id_embeddings, item_ids) * keep[..., None]
         if self.id_dropout:
-            ids += (1.0 - keep)[..., None] * (self.unknown_id + self.id_output(self.id_hidden(vectors)))
-        return vectors + ids
+            features = tf.add_n(parts) if parts else tf.zeros_like(vectors)
+            vectors += (1.0 - keep)[..., None] * (self.unknown_id + self.id_output(self.id_hidden(features)))
+        return tf.add_n([vectors, *parts])
 
     def catalog(self, training=None):
         """Vectors of every item index, [num_items, dim]."""

@@ -167,6 +167,8 @@ class ItemFeatures:
             backbone (`tfmarl.data.embed_texts`); without them, zeros.
         Returns a dict of arrays with one row per new item, keyed as `ContentAgent.set_item_features`.
         """
+        import pandas as pd
+
         from tfmarl.data.vocab import NUM_RESERVED, Vocabulary
 
         if ids is None:
@@ -181,13 +183,9 @@ class ItemFeatures:
         vocab = Vocabulary(ids)
         rows = {}
         if self.categories is not None:
-            table = np.zeros((vocab.size, self.categories.shape[1]), np.int32)
-            if items is not None:
-                index = {name: i + 1 for i, name in enumerate(self.category_names)}
-                for row, cats in zip(vocab.lookup(list(items.index.astype(str))), items["categories"]):
-                    known = [index[c] for c in dict.fromkeys(cats) if c in index][:table.shape[1]]
-                    table[row, :len(known)] = known
-            rows["categories"] = table
+            width = self.categories.shape[1]
+            rows["categories"] = (np.zeros((vocab.size, width), np.int32) if items is None else _category_table(
+                items, vocab.lookup(list(items.index.astype(str))), self.category_names, vocab.size, width))
         if self.title_tokens is not None:
             table = np.zeros((vocab.size, self.title_tokens.shape[1]), np.int32)
             if items is not None:
@@ -215,8 +213,6 @@ class ItemFeatures:
                 missing = [n for n in self.numeric_names if n not in numeric.columns]
                 if missing:
                     raise ValueError(f"numeric attributes of the new items lack column {missing[0]!r}")
-                import pandas as pd
-
                 frame = numeric[numeric.index.astype(str).isin(ids)]
                 at = vocab.lookup(list(frame.index.astype(str)))
                 for j, name in enumerate(self.numeric_names):
@@ -228,18 +224,18 @@ class ItemFeatures:
             relations = np.zeros((vocab.size, width), np.int32)
             entities = np.zeros((vocab.size, width), np.int32)
             if knowledge is not None:
-                graph = knowledge.restricted_to(ids)
-                relation_index = {n: i + 1 for i, n in enumerate(self.relation_names)}
-                entity_index = {n: i + 1 for i, n in enumerate(self.entity_names)}
-                triples = graph.triples
-                seen = triples["relation"].isin(relation_index) & triples["entity"].isin(entity_index)
-                filled = np.zeros(vocab.size, np.int64)
-                for item, relation, entity in triples[seen].itertuples(index=False):
-                    row = vocab.lookup([item])[0]
-                    if filled[row] < width:
-                        relations[row, filled[row]] = relation_index[relation]
-                        entities[row, filled[row]] = entity_index[entity]
-                        filled[row] += 1
+                # The triples whose relation and entity have embeddings, laid out as training's
+                # tables are (`KnowledgeGraph.item_neighbours`), then renumbered to these names.
+                triples = knowledge.restricted_to(ids).triples
+                triples = triples[triples["relation"].isin(self.relation_names)
+                                  & triples["entity"].isin(self.entity_names)]
+                graph = type(knowledge).from_triples(triples)
+                got_relations, got_entities = graph.item_neighbours(vocab, max_neighbours=width)
+                renumber = lambda own, names: np.concatenate(  # noqa: E731
+                    [[0], pd.Index(names).get_indexer(own) + 1]).astype(np.int32)
+                columns = got_relations.shape[1]
+                relations[:, :columns] = renumber(graph.relation_names(), self.relation_names)[got_relations]
+                entities[:, :columns] = renumber(graph.entity_names(), self.entity_names)[got_entities]
             rows["kg_relations"], rows["kg_entities"] = relations, entities
         return {name: table[NUM_RESERVED:] for name, table in rows.items()}
 
@@ -429,11 +425,12 @@ def _rows_in_item_table(items, item_vocab):
 
 
 def _category_table(present, rows, names, num_items, max_categories) -> np.ndarray:
+    """Category ids of ``present``'s items at ``rows``; categories outside ``names`` get no slot."""
     index = {name: i + 1 for i, name in enumerate(names)}
     table = np.zeros((num_items, max_categories), np.int32)
     for row, cats in zip(rows, present["categories"]):
         # dict.fromkeys: distinct, in the order listed (a repeat would double a category's weight).
-        ids = [index[c] for c in dict.fromkeys(cats)][:max_categories]
+        ids = [index[c] for c in dict.fromkeys(cats) if c in index][:max_categories]
         table[row, :len(ids)] = ids
     return table
 
