@@ -168,7 +168,7 @@ def lightfm_model(split, vocab, features, *, seed, epochs):
     return ranker.fit(histories)
 
 
-def run_cold_items(name, interactions, sequences, vocab, args, *, variants, peers=True):
+def run_cold_items(name, sequences, vocab, args, *, variants, peers=True):
     """Every model on the random and newest cold-item splits of one dataset."""
     from tfmarl.data import cold_item_split
 
@@ -277,7 +277,7 @@ def main(argv=None):
             "content_agent_no_kg": features_for(movielens, ml_vocab, knowledge=False, numeric=True),
             "content_agent_no_text": features_for(movielens, ml_vocab, text=False, numeric=True),
         }
-        ml = run_cold_items("ml100k", movielens, ml_sequences, ml_vocab, args, variants=variants)
+        ml = run_cold_items("ml100k", ml_sequences, ml_vocab, args, variants=variants)
         result["ml100k"] = {"dataset": movielens.name, "knowledge_graph_triples": len(movielens.knowledge), **ml}
         # The headline keys: the random split, cold items ranked against the whole catalog.
         for model in ("content_agent", "lightfm"):
@@ -296,7 +296,7 @@ def main(argv=None):
             "content_agent_no_kg": features_for(synthetic, vocab, text=False, knowledge=False),
             "content_agent_shuffled_kg": features_for(synthetic, vocab, text=False, knowledge=shuffled),
         }
-        syn = run_cold_items("synthetic", synthetic, sequences, vocab, args, variants=variants, peers=False)
+        syn = run_cold_items("synthetic", sequences, vocab, args, variants=variants, peers=False)
         result["synthetic"] = {"n_users": args.synthetic_users, "n_items": args.synthetic_items, **syn}
         for model in variants:
             result["synthetic"][model] = {"cold_ndcg@10": syn["random"]["models"][model]["cold_ndcg@10"]}
