@@ -8,13 +8,19 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell for p in python3.11 python3.10 python3 python; do \
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 10), (3, 11)))' 2>/dev/null; then echo $$p; break; fi; done)
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-slow test-all venv clean
 
 demo: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(VENV)/bin/tfmarl quickstart
 
+# The inner loop: everything but the tests marked slow (pytest.ini). CI runs both halves.
 test: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q tests
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests
+
+test-all: test test-slow
 
 venv: $(STAMP)
 

@@ -19,8 +19,10 @@ code below drives both, with the same settings. Parts (``--parts``, default all)
   unchanged within their intervals (``returns_within_ci``).
 - ``pretrain``: next-item targets per second of pretraining and the NDCG@10 it reaches
   (`speed_pretrain.measure`).
-- ``tests``: wall time of the README's test command (``python -m pytest -q tests``) in each tree,
-  with this virtualenv (the environment build is the same for both and not counted).
+- ``tests``: wall time of the README's test command (``make test``: the pytest line of its
+  Makefile recipe, read from each tree) in each tree, with this virtualenv (the environment build
+  is the same for both and not counted). The tests ``make test`` leaves out (``make test-slow``;
+  CI runs both) are not timed here.
 - ``demo``: wall time of ``tfmarl quickstart`` (what ``make demo`` runs) in each tree.
 
 Ratios are new ÷ baseline for throughputs and new ÷ baseline for times (``test_suite_ratio``,
@@ -207,10 +209,25 @@ def timed_command(tree: pathlib.Path, command: list) -> dict:
     return {"seconds": round(seconds, 1), "exit_code": proc.returncode, "last_lines": tail}
 
 
+def make_pytest_args(tree: pathlib.Path, target: str) -> list:
+    """The pytest arguments of ``target``'s recipe in ``tree``'s Makefile."""
+    import shlex
+
+    lines = (tree / "Makefile").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"{target}:"):
+            for recipe in lines[i + 1:]:
+                if not recipe.startswith("\t"):
+                    break
+                if "-m pytest" in recipe:
+                    return shlex.split(recipe.split("-m pytest", 1)[1])
+    raise ValueError(f"{tree / 'Makefile'}: no `{target}` recipe that runs `python -m pytest`")
+
+
 def measure_tree(tree: pathlib.Path, part: str, args) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {part} in {tree}", file=sys.stderr, flush=True)
     if part == "tests":
-        return timed_command(tree, [sys.executable, "-m", "pytest", "-q", "tests"])
+        return timed_command(tree, [sys.executable, "-m", "pytest", *make_pytest_args(tree, "test")])
     if part == "demo":
         with tempfile.TemporaryDirectory() as run_dir:  # a fresh run each time, outside both trees
             return timed_command(tree, [sys.executable, "-c", "import sys; from tfmarl.cli.main import main; "

@@ -104,6 +104,7 @@ def from_tiny_run(tiny_run, run_dir):
     return run_dir
 
 
+@pytest.mark.slow
 def test_pipeline_runs_every_stage_and_writes_a_report(tiny_run):
     root, _ = tiny_run
     run = root / "run"
@@ -134,6 +135,7 @@ def test_pipeline_runs_every_stage_and_writes_a_report(tiny_run):
     assert features.relation_names == ["creator", "studio"] and (features.kg_entities > 0).sum() == 2 * 60
 
 
+@pytest.mark.slow
 def test_pipeline_resumes_and_reruns_only_what_changed(tiny_run, capsys):
     root, path = tiny_run
     assert main(["train", str(path), "--no-progress"]) == 0
@@ -151,6 +153,7 @@ def test_pipeline_resumes_and_reruns_only_what_changed(tiny_run, capsys):
     assert (root / "models" / "tiny" / "2").exists()  # the export ran again: a new version
 
 
+@pytest.mark.slow
 def test_export_and_simulate_commands(tiny_run, capsys):
     root, path = tiny_run
     assert main(["export", str(path), "--no-progress"]) == 0
@@ -160,6 +163,7 @@ def test_export_and_simulate_commands(tiny_run, capsys):
     assert "random" in table and "learned" in table
 
 
+@pytest.mark.slow
 def test_interrupted_rl_stage_resumes_from_its_checkpoint(tiny_run, capsys):
     root, path = tiny_run
     run = root / "run"
@@ -174,6 +178,7 @@ def test_interrupted_rl_stage_resumes_from_its_checkpoint(tiny_run, capsys):
     assert {p.name for p in (run / "rl" / "checkpoints").iterdir()} == checkpoints
 
 
+@pytest.mark.slow
 def test_a_changed_earlier_stage_retrains_rl_instead_of_restoring_it(tiny_run, capsys):
     root, path = tiny_run
     run = root / "run"
@@ -213,6 +218,7 @@ def test_simulate_refuses_an_unknown_policy_before_running(tmp_path, capsys):
     assert "--policies: unknown policy 'oracle'; choose from random, popular, greedy, learned" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["dqn", "linucb"])
 def test_pipeline_trains_exports_and_evaluates_every_family_through_the_registry(algorithm, tmp_path, tiny_run,
                                                                                  capsys):
@@ -231,6 +237,7 @@ def test_pipeline_trains_exports_and_evaluates_every_family_through_the_registry
     assert info["algorithm"] == algorithm
 
 
+@pytest.mark.slow
 def test_evaluate_estimates_policies_off_policy_and_validates_the_simulator(tmp_path, capsys, tiny_run):
     """With ``evaluate.impressions`` the evaluate stage scores every policy on the logged slates
     (value and gain over the logging policy, with intervals) and validates the simulator against

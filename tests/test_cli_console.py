@@ -51,6 +51,7 @@ def quiet_run(tiny_config):
     return _tfmarl("train", str(path), cwd=root)
 
 
+@pytest.mark.slow
 def test_a_captured_run_prints_only_tfmarls_lines(quiet_run, tiny_config):
     root, _ = tiny_config
     assert quiet_run.returncode == 0, quiet_run.stdout + quiet_run.stderr
@@ -68,6 +69,7 @@ def test_a_captured_run_prints_only_tfmarls_lines(quiet_run, tiny_config):
     assert len(console.splitlines()) < 60
 
 
+@pytest.mark.slow
 def test_verbose_shows_third_party_output(tiny_config):
     root, path = tiny_config
     result = _tfmarl("evaluate", str(path), "--verbose", cwd=root)  # reuses the finished stages

@@ -203,6 +203,7 @@ def test_content_agent_reads_the_features(data, preset):
 
 
 # --- text embeddings -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_embed_texts_shape_and_determinism(preset):
     texts = ["Toy Story", "Heat", "alpha bravo charlie", "Toy Story", ""]
     vectors = embed_texts(texts, preset, sequence_length=8, batch_size=2)

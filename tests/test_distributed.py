@@ -142,6 +142,7 @@ def parameter_server_run(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_parameter_server_shards_embedding_tables_over_ps_tasks(parameter_server_run):
     result = parameter_server_run
     assert result["num_workers"] == 2 and result["num_ps"] == 2
@@ -157,13 +158,15 @@ def test_parameter_server_shards_embedding_tables_over_ps_tasks(parameter_server
     assert result["head_kernel"]["devices"][0].startswith("/job:ps/")
 
 
+@pytest.mark.slow
 def test_parameter_server_trains_through_the_coordinator(parameter_server_run):
     result = parameter_server_run
-    assert result["optimizer_iterations"] == 60  # every scheduled step ran (on either worker)
+    assert result["optimizer_iterations"] == 100  # every scheduled step ran (on either worker)
     assert np.isfinite(result["step_losses"]).all()
     assert result["loss_after"] < 0.2 * result["loss_before"]
 
 
+@pytest.mark.slow
 def test_parameter_server_trains_the_recommender_with_a_sharded_item_table(parameter_server_run):
     result = parameter_server_run
     table = result["recommender_table"]  # 102 items x 16 floats = 6.5 KiB
@@ -172,6 +175,7 @@ def test_parameter_server_trains_the_recommender_with_a_sharded_item_table(param
     assert np.isfinite(losses).all() and losses[-10:].mean() < losses[:10].mean() - 0.2
 
 
+@pytest.mark.slow
 def test_pretrain_under_parameter_server(parameter_server_run):
     """Keras `fit` under ParameterServerStrategy needs a repeated dataset with `steps_per_epoch`
     and epoch-level callbacks only; `pretrain` arranges both."""
@@ -181,6 +185,7 @@ def test_pretrain_under_parameter_server(parameter_server_run):
     assert len(result["val_ndcg@10"]) == 2
 
 
+@pytest.mark.slow
 def test_content_agent_looks_up_sharded_tables_in_order(parameter_server_run):
     """`tf.gather` on a `ShardedVariable` returns rows grouped by shard (and refuses 2-D ids);
     `tf.nn.embedding_lookup` keeps the ids' order. The ContentAgent must use the latter."""
@@ -210,6 +215,7 @@ def test_transitions_and_sharded_dataset(rl_world):
         transitions_dataset(experience, 64, context)
 
 
+@pytest.mark.slow
 def test_learner_trains_checkpoints_and_resumes(rl_world, tmp_path):
     from tfmarl.rl import build_dqn
     from tfmarl.rl.learner import DistributedLearner, collect_transitions, transitions_dataset
@@ -237,6 +243,7 @@ def test_learner_trains_checkpoints_and_resumes(rl_world, tmp_path):
     assert resumed.run(1).steps == 6
 
 
+@pytest.mark.slow
 def test_learner_under_mirrored_matches_one_device(rl_world, mirrored):
     """Two replicas on half batches take the same steps as one device on the whole batch.
 
@@ -302,6 +309,7 @@ def multi_worker_run(multi_worker_tasks):
     return [dict(np.load(out)) for out in multi_worker_tasks.out_paths]
 
 
+@pytest.mark.slow
 def test_multi_worker_pretraining_is_identical_on_both_workers(multi_worker_run):
     first, second = multi_worker_run
     assert first["num_replicas"] == second["num_replicas"] == 2
@@ -314,6 +322,7 @@ def test_multi_worker_pretraining_is_identical_on_both_workers(multi_worker_run)
     np.testing.assert_allclose(first["pre_ndcg"], second["pre_ndcg"], rtol=1e-6)  # validation callback ran
 
 
+@pytest.mark.slow
 def test_multi_worker_rl_learner_is_identical_on_both_workers(multi_worker_run):
     first, second = multi_worker_run
     assert first["rl_steps"] == second["rl_steps"] == 12
@@ -324,6 +333,7 @@ def test_multi_worker_rl_learner_is_identical_on_both_workers(multi_worker_run):
     assert np.isfinite(first["rl_losses"]).all()
 
 
+@pytest.mark.slow
 def test_multi_worker_multiagent_training_is_identical_on_both_workers(multi_worker_run):
     first, second = multi_worker_run
     assert first["marl_train_steps"] == second["marl_train_steps"] == 10 - 3  # after the warm-up steps
@@ -334,6 +344,7 @@ def test_multi_worker_multiagent_training_is_identical_on_both_workers(multi_wor
     assert np.isfinite(first["marl_losses"]).all()
 
 
+@pytest.mark.slow
 def test_multi_worker_rl_learner_checkpoints_from_the_chief(multi_worker_run, multi_worker_tasks):
     directory = os.path.join(os.path.dirname(multi_worker_tasks.out_paths[0]), "learner_checkpoints")
     latest = tf.train.latest_checkpoint(directory)

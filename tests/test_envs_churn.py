@@ -78,6 +78,7 @@ def test_candidates_leave_out_items_not_arrived(tiny_model):
     assert not seen[0][session.new_items].any() and seen[-1][session.new_items].all()
 
 
+@pytest.mark.slow
 def test_candidate_retriever_leaves_out_unavailable_items(trained_cycle_model):
     from tfmarl.rl import CandidateRetriever
 

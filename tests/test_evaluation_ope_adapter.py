@@ -101,6 +101,7 @@ def test_bandit_policy_is_an_indicator_and_a_random_policy_is_refused(world, rl_
         target_probabilities(log, RandomSlatePolicy(rl_world.user_model.num_items, K, seed=0))
 
 
+@pytest.mark.slow
 def test_multiagent_policy_is_an_indicator_and_its_sampling_twin_is_refused(world, multiagent):
     simulator, log, _ = world
     policy = multiagent.slate_policy()
@@ -124,6 +125,7 @@ def test_ranking_model_is_its_top_k_over_the_catalog(world, rl_world):
     assert 0 < simulator.value(simulator.target_slates(rl_world.model)) < K
 
 
+@pytest.mark.slow
 def test_saved_model_targets_equal_the_in_process_policy(world, dqn, multiagent, tmp_path):
     _, log, _ = world
     for algorithm in (dqn, multiagent):

@@ -189,6 +189,7 @@ def test_cross_fitting_never_predicts_a_fitted_round():
     assert sorted(np.bincount(folds)) == [25, 25, 25, 25]
 
 
+@pytest.mark.slow
 def test_dm_interval_carries_the_reward_model_uncertainty():
     # A context-free target (always arm 0) on a log without features: with the per-arm table
     # refitted per resample, DM's interval covers the truth about as often as it should.

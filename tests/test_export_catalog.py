@@ -56,6 +56,7 @@ def test_export_carries_the_item_encoder(catalog_export):
     assert loaded_features.entity_names == features.entity_names
 
 
+@pytest.mark.slow
 def test_add_items_in_a_fresh_process_serves_the_new_items(catalog_export, tmp_path):
     base, model, features = catalog_export
     new_ids = ["m100", "m101"]

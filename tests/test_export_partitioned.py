@@ -192,6 +192,7 @@ def test_default_export_excludes_history_padding_and_reserved(tmp_path, trained_
     assert ids[0][0] == "m6"  # the cycle continues
 
 
+@pytest.mark.slow
 def test_partitioned_export_loads_in_a_fresh_process_without_tfmarl(tmp_path, trained_cycle_model):
     path = export_recommender(trained_cycle_model, tmp_path / "m", retrieval="partitioned",
                               index_options={"quantization": "int8", "rerank": 10})

@@ -78,6 +78,7 @@ def test_long_history_uses_its_end_and_excludes_everything(exported, cycle_vocab
     assert out[0] == "m20"  # the prediction follows the end of the history
 
 
+@pytest.mark.slow
 def test_loads_in_a_fresh_process_without_tfmarl(exported):
     code = f"""
 import sys, json, tensorflow as tf
@@ -93,6 +94,7 @@ print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "tfmarl"
     assert result["tfmarl"] is False and result["ids"][0][0] == "m3"
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_the_signature(exported):
     cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable)) or shutil.which("saved_model_cli")
     assert cli, "saved_model_cli is installed with tensorflow"

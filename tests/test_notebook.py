@@ -4,6 +4,8 @@ import json
 import pathlib
 import re
 
+import pytest
+
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 
 
@@ -14,6 +16,7 @@ def test_the_notebook_is_stored_without_outputs():
     assert "TFMARL_NOTEBOOK_SMALL" in "".join(code[0]["source"])  # the parameter cell comes first
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

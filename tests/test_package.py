@@ -45,12 +45,14 @@ def fresh_python():
             process.communicate()
 
 
+@pytest.mark.slow
 def test_import_selects_legacy_keras(fresh_python):
     out = fresh_python("legacy")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("tf_keras")
 
 
+@pytest.mark.slow
 def test_import_after_keras3_binding_raises_clear_error(fresh_python):
     out = fresh_python("keras3_first")
     assert out.returncode != 0

@@ -367,6 +367,7 @@ def test_the_readme_has_exactly_the_known_python_blocks():
     assert others <= OTHER_LANGUAGES, f"fenced blocks in unexpected languages: {others - OTHER_LANGUAGES}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(PYTHON)), ids=[re.sub(r"\s+", " ", b.name)[:90] for b in PYTHON])
 def test_readme_block_runs(runner, index):
     block = PYTHON[index]

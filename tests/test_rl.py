@@ -453,6 +453,7 @@ def test_explore_propensities_and_chosen_arm_features():
 # --- DQN -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dqn_learns_that_investing_pays_later(micro_dqn):
     assert isinstance(micro_dqn.agent, dqn_agent.DdqnAgent) == micro_dqn.double
     assert isinstance(micro_dqn.agent, dqn_agent.DqnAgent)
@@ -503,6 +504,7 @@ def test_linear_schedule():
     assert [round(schedule(s), 6) for s in (0, 5, 10, 50)] == [1.0, 0.55, 0.1, 0.1]
 
 
+@pytest.mark.slow
 def test_dqn_trains_on_the_candidate_environment(rl_dqn):
     assert isinstance(rl_dqn.agent, dqn_agent.DdqnAgent)
     result, curve = rl_dqn.result, rl_dqn.result.curve
@@ -518,6 +520,7 @@ def test_dqn_trains_on_the_candidate_environment(rl_dqn):
     assert rl_dqn.agent.train_step_counter.numpy() == 30 - 5
 
 
+@pytest.mark.slow
 def test_dqn_loss_reads_q_at_the_action_alone_and_frozen_agents_replay_states(rl_world, rl_dqn):
     """The agents' `_compute_q_values` evaluates one candidate per row: equal to gathering the
     action's value from all N. Frozen agents with ``replay_states`` store the retrieval's user
@@ -550,6 +553,7 @@ def test_dqn_loss_reads_q_at_the_action_alone_and_frozen_agents_replay_states(rl
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_dqn_resumes_from_a_checkpoint(rl_world, tmp_path, monkeypatch):
     directory = tmp_path / "checkpoints"
     options = dict(batch_size=8, warmup_steps=3, replay_capacity=256, checkpoint_dir=directory, checkpoint_every=4,

@@ -46,6 +46,7 @@ def test_registry_names_every_family_and_config_choices_match():
         make_algorithm("ppo", None, None)
 
 
+@pytest.mark.slow
 def test_each_family_trains_and_its_slate_policy_acts(rl_world, trained):
     env = rl_world.session_env(batch_size=4, seed=5)
     observation = env.reset().observation
@@ -59,6 +60,7 @@ def test_each_family_trains_and_its_slate_policy_acts(rl_world, trained):
         assert (slate >= 2).all()
 
 
+@pytest.mark.slow
 def test_training_resumes_from_the_checkpoint_directory(rl_world, trained):
     for name, (algorithm, _, directory, steps) in trained.items():
         again = build(rl_world, name, checkpoint_dir=directory)
@@ -90,6 +92,7 @@ def test_single_replica_families_refuse_a_multi_replica_strategy(rl_world, mirro
         build(rl_world, "dqn", strategy=mirrored)
 
 
+@pytest.mark.slow
 def test_multiagent_trains_under_mirrored(rl_world, mirrored):
     algorithm = build(rl_world, "multiagent", strategy=mirrored)
     assert algorithm.learner.network.variables[0].__class__.__name__ == "MirroredVariable"
@@ -97,6 +100,7 @@ def test_multiagent_trains_under_mirrored(rl_world, mirrored):
     assert result.steps == 6 and np.isfinite([p["loss/critic"] for p in result.curve if "loss/critic" in p]).all()
 
 
+@pytest.mark.slow
 def test_every_export_kind_keeps_the_contract_in_a_fresh_process(rl_world, trained, tmp_path):
     """``scores`` non-increasing along ``item_ids`` for the ranking, DQN, bandit and multi-agent
     exports, on a batch mixing a one-item history, one with an unknown id and an empty one; loaded

@@ -71,6 +71,7 @@ def expected_slates(rl_world, history, score_candidates):
     return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
+@pytest.mark.slow
 def test_save_policy_writes_new_versions(exports):
     assert exports.dqn_policy == exports.policies / "1" and exports.bandit_policy == exports.policies / "2"
     assert existing_versions(exports.policies) == [1, 2]
@@ -110,6 +111,7 @@ def test_bandit_export_serves_the_bandit_policy_slates(rl_world, rl_bandit, expo
     np.testing.assert_allclose(scores, values, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_candidate_recommender_exports_load_with_tensorflow_alone(exports, requests):
     code = f"""
         import json, sys
@@ -180,6 +182,7 @@ def policy_reload(rl_world, rl_dqn, rl_bandit, exports):
     return types.SimpleNamespace(result=result, dqn=expected_dqn, bandit=expected_bandit)
 
 
+@pytest.mark.slow
 def test_policy_saver_exports_run_without_tf_agents(policy_reload, rl_world):
     result = policy_reload.result
     assert result["modules"] == ["tensorflow_probability"]

@@ -139,6 +139,7 @@ def group_observation(env, group):
     return {k: tf.constant(v) for k, v in env._observation().items()}
 
 
+@pytest.mark.slow
 def test_user_agent_learns_which_facet_pays_for_each_group(trained):
     env, learner, _ = trained
     for group, good in ((1, 0), (0, 2)):
@@ -180,6 +181,7 @@ def logged_feedback(steps, seed=1):
     return log
 
 
+@pytest.mark.slow
 def test_heads_learn_from_a_stream_of_logged_feedback(tmp_path):
     env = FacetWorld()
     env.step = env.reset = None  # learning from the stream never steps the environment
@@ -230,6 +232,7 @@ def test_adaptive_reward_weights_follow_their_constraints():
         AdaptiveReward({"dwell": 1.0})
 
 
+@pytest.mark.slow
 def test_reward_weights_move_during_training_when_a_floor_is_violated():
     env = FacetWorld()
     tf.keras.utils.set_random_seed(0)
@@ -270,6 +273,7 @@ def test_facets_cluster_item_vectors():
     assert slate_diversity(np.array([[[1.0, 0], [1.0, 0]], [[1.0, 0], [0, 1.0]]])).round(6).tolist() == [0.0, 1.0]
 
 
+@pytest.mark.slow
 def test_ablations_construct_and_train():
     for kwargs in ({"use_critic": False}, {"num_content_agents": 1}):
         learner, trainer = make_trainer(FacetWorld(), **kwargs)
@@ -281,6 +285,7 @@ def test_ablations_construct_and_train():
         make_learner(FacetWorld(), num_content_agents=3)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_every_head(tmp_path):
     learner, trainer = make_trainer(FacetWorld(), tmp=tmp_path)
     trainer.run(30, checkpoint_every=10)
@@ -305,6 +310,7 @@ def test_interrupted_training_resumes_every_head(tmp_path):
     assert result.start_step == 30 and result.steps == 40
 
 
+@pytest.mark.slow
 def test_streaming_exports_refreshed_versions_and_they_load_without_tfmarl(tmp_path, trained_cycle_model):
     """Streaming mode with the real pipeline: candidates from a pretrained model, the policy keeps
     learning and a new SavedModel version appears at each interval."""
@@ -371,6 +377,7 @@ print(json.dumps({{"ids": out["item_ids"].numpy().astype(str).tolist(), "scores"
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fine_tuning_moves_the_agents_layers_and_frozen_training_does_not():
     """``trainable_encoders`` decides whether RL changes the pretrained User/Content agents; the
     heads learn either way. Fine-tuned, a train step runs the shared encoders once (on the
@@ -399,6 +406,7 @@ def test_fine_tuning_moves_the_agents_layers_and_frozen_training_does_not():
         assert len(calls) == (1 if trainable else 0)
 
 
+@pytest.mark.slow
 def test_learner_under_mirrored_matches_one_device(mirrored):
     """The joint step on two replicas (half batches each) equals one device's on the whole batch."""
     env = FacetWorld()

@@ -59,6 +59,7 @@ def test_server_validates_its_config(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_serve_subprocess_answers_both_protocols_and_stops_on_sigterm(tmp_path):
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
     import grpc

@@ -40,6 +40,7 @@ def test_every_loss_reduces_the_loss(cycle_split, loss, interaction):
     assert result.targets_per_second > 0
 
 
+@pytest.mark.slow
 def test_encoders_train_end_to_end(cycle_split):
     for encoder in ("gru", "lstm"):
         tf.keras.utils.set_random_seed(2)
@@ -89,6 +90,7 @@ def test_get_strategy_mirrored_over_logical_cpus():
         get_strategy("multi_worker")
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus(cycle_split, mirrored):
     strategy = mirrored
     tf.keras.utils.set_random_seed(3)
@@ -184,6 +186,7 @@ def uninterrupted(cycle_split):
     return model.get_weights(), result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash", ["after_best", "before_backup", "at_stop"])
 def test_resumed_pretraining_ends_as_an_uninterrupted_run(tmp_path, cycle_split, uninterrupted, monkeypatch, crash):
     """Best epoch, best metric, best weights, patience count and the stop decision survive a crash."""
