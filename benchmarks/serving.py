@@ -184,14 +184,23 @@ def prepare_size(n_items: int, workdir: pathlib.Path, index_options: dict, try_s
     return row
 
 
-def measure_export(path: pathlib.Path, n_items: int, requests: int, batch_seconds: float, answers_out) -> dict:
+def measure_export(path: pathlib.Path, n_items: int, requests: int, batch_seconds: float, answers_out,
+                   threads: tuple = (0, 0)) -> dict:
     """Child, TensorFlow only (as a server loads it): load time, batch-1 latency over ``requests``
     histories of 1-50 random ids, batch-32 throughput for ``batch_seconds``, peak RSS; writes the
-    item ids answered to the first ``RECALL_QUERIES`` batch-1 histories to ``answers_out``."""
+    item ids answered to the first ``RECALL_QUERIES`` batch-1 histories to ``answers_out``.
+    ``threads`` = (intra-op, inter-op) pool sizes, 0 for TensorFlow's default: what TF Serving's
+    ``--tensorflow_intra_op_parallelism`` / ``--tensorflow_inter_op_parallelism`` set."""
     import numpy as np
     import tensorflow as tf
 
-    row = {"load_average_start": [round(x, 2) for x in os.getloadavg()]}
+    intra, inter = threads
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    row = {"load_average_start": [round(x, 2) for x in os.getloadavg()],
+           "threads": {"intra_op": intra or "default", "inter_op": inter or "default"}}
     t = time.perf_counter()
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     row["load_seconds"] = round(time.perf_counter() - t, 2)
@@ -612,6 +621,27 @@ def grpc_vs_rest(workdir: pathlib.Path, n_items: int, requests: int, clients: in
 # --- main --------------------------------------------------------------------------------------
 
 
+def check_targets(payload: dict, server_size: int = 100000) -> None:
+    """Fills ``payload["target"]`` from the measured sections: brute force's p99 in process at
+    ``server_size`` items (and no errors under load), and at 1M items each partitioned variant's
+    p99 and recall@10 (met when one of them reaches both)."""
+    at = payload["in_process"].get(str(server_size), {})
+    payload["target"].update(p99_ms_in_process_at_100k_measured=at.get("p99_ms"),
+                             met=bool(at) and at["p99_ms"] <= TARGET_P99_MS
+                             and payload.get("server", {}).get("errors", 1) == 0)
+    goal = payload["target"]["partitioned_at_1m"]
+    for key in [k for k in goal if k not in ("p99_ms", "recall@10")]:
+        del goal[key]  # an earlier run's verdict
+    for variant in ("partitioned", "partitioned_int8"):
+        big = payload.get(variant, {}).get("1000000")
+        if big:
+            goal[variant] = {"p99_ms_measured": big["p99_ms"], "recall_measured": big["recall@10"],
+                             "met": big["p99_ms"] <= goal["p99_ms"] and big["recall@10"] >= goal["recall@10"]}
+    measured = [goal[v]["met"] for v in ("partitioned", "partitioned_int8") if v in goal]
+    if measured:
+        goal["met"] = any(measured)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/serving.json")
@@ -632,6 +662,12 @@ def main() -> int:
     parser.add_argument("--grpc_seconds", type=float, default=25.0, help="seconds of concurrent load per protocol")
     parser.add_argument("--index", default="{}",
                         help="index_options of the partitioned export, as JSON (default: its defaults)")
+    parser.add_argument("--intra_op_threads", type=int, default=0,
+                        help="TensorFlow intra-op threads of the timed processes (0: default; TF Serving: "
+                             "--tensorflow_intra_op_parallelism)")
+    parser.add_argument("--inter_op_threads", type=int, default=0,
+                        help="TensorFlow inter-op threads of the timed processes (0: default; TF Serving: "
+                             "--tensorflow_inter_op_parallelism)")
     parser.add_argument("--prepare", type=int, default=None, help=argparse.SUPPRESS)  # child: pretrain + export
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # child: time one export
     parser.add_argument("--n_items", type=int, default=None, help=argparse.SUPPRESS)
@@ -647,7 +683,7 @@ def main() -> int:
         return 0
     if args.measure is not None:
         row = measure_export(pathlib.Path(args.measure), args.n_items, args.requests, args.batch_seconds,
-                             args.answers_out)
+                             args.answers_out, (args.intra_op_threads, args.inter_op_threads))
         pathlib.Path(args.one_out).write_text(json.dumps(row))
         return 0
     if args.export_only is not None:
@@ -715,7 +751,9 @@ def main() -> int:
                 row_out, answers_out = workdir / f"{retrieval}-{n}.json", workdir / f"answers-{retrieval}-{n}.json"
                 subprocess.run([sys.executable, __file__, "--measure", exports[retrieval]["export_path"], "--n_items",
                                 str(n), "--requests", str(args.requests), "--batch_seconds", str(args.batch_seconds),
-                                "--one_out", str(row_out), "--answers_out", str(answers_out)], check=True, cwd=REPO)
+                                "--one_out", str(row_out), "--answers_out", str(answers_out),
+                                "--intra_op_threads", str(args.intra_op_threads),
+                                "--inter_op_threads", str(args.inter_op_threads)], check=True, cwd=REPO)
                 measured[retrieval] = json.loads(row_out.read_text())
                 answers[retrieval] = json.loads(answers_out.read_text())
                 exports[retrieval].pop("export_path")
@@ -745,15 +783,7 @@ def main() -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    at = payload["in_process"].get(str(args.server_size), {})
-    payload["target"].update(p99_ms_in_process_at_100k_measured=at.get("p99_ms"),
-                             met=bool(at) and at["p99_ms"] <= TARGET_P99_MS
-                             and payload.get("server", {}).get("errors", 1) == 0)
-    big = payload["partitioned"].get("1000000")
-    if big:
-        payload["target"]["partitioned_at_1m"].update(
-            p99_ms_measured=big["p99_ms"], recall_measured=big["recall@10"],
-            met=big["p99_ms"] <= TARGET_P99_MS and big["recall@10"] >= 0.95)
+    check_targets(payload, args.server_size)
     payload["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     payload["note"] = ("2 logical CPUs shared with other jobs (see the load averages); latencies include "
                        "building the input tensor and fetching both outputs. Each export is timed in its own "

@@ -28,6 +28,10 @@ tf.config.set_logical_device_configuration(
 # It is meant to leave what a graph computes unchanged, and that is what the tests check. It stays
 # on in the processes the tests start (the CLI, the notebook, fresh-process export checks).
 # TFMARL_TEST_GRAPPLER=1 turns it back on here.
+# XLA (tfmarl.rl.xla) compiles the RL loop's per-step calls once per shape; the suite's runs are a
+# few steps each, far too short to repay that, so it is off here (and in the processes the tests
+# start), except in the tests that compare it with the plain calls.
+os.environ.setdefault("TFMARL_XLA", "0")
 if os.environ.get("TFMARL_TEST_GRAPPLER") != "1":
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 

@@ -840,6 +840,21 @@ def test_retriever_handles_histories_that_are_not_right_padded(rl_world):
         np.testing.assert_allclose(out["user_state"], expected["user_state"], rtol=1e-5, atol=1e-6)
 
 
+def test_xla_retriever_answers_as_the_plain_one(rl_world, monkeypatch):
+    """TFMARL_XLA (off elsewhere in the suite) compiles retrieval with XLA: same candidates, also
+    with places reserved for new items and with histories of every padding layout."""
+    history = rl_world.session_env(batch_size=6, seed=2).reset().observation["history"].copy()
+    history[0], history[1, :3] = 0, 0  # cold start, left padding
+    for new_items in (0, 2):
+        plain = CandidateRetriever(rl_world.model, 8, new_item_candidates=new_items)(history)
+        monkeypatch.setenv("TFMARL_XLA", "1")
+        compiled = CandidateRetriever(rl_world.model, 8, new_item_candidates=new_items)(history)
+        monkeypatch.setenv("TFMARL_XLA", "0")
+        np.testing.assert_array_equal(compiled["candidates"], plain["candidates"])
+        np.testing.assert_allclose(compiled["scores"], plain["scores"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(compiled["user_state"], plain["user_state"], rtol=1e-5, atol=1e-6)
+
+
 def test_retriever_rejects_bad_input(rl_world):
     with pytest.raises(ValueError, match="history must be"):
         rl_world.retriever(np.array([5, 9, 12]))

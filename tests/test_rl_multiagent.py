@@ -205,6 +205,32 @@ def test_heads_learn_from_a_stream_of_logged_feedback(tmp_path):
         resumed.learn_from([(bad[0], bad[1][:3], bad[2], bad[3])])
 
 
+def test_xla_step_functions_compute_what_the_plain_ones_do(monkeypatch):
+    """The XLA-compiled train step and acting (TFMARL_XLA, off elsewhere in the suite) take the
+    same step and choose the same slates as plain tf.functions, and the trainer uses them."""
+    monkeypatch.setenv("TFMARL_XLA", "1")
+    env = FacetWorld()
+    env.step = env.reset = None
+    learners, trainers = zip(*(make_trainer(env) for _ in range(2)))
+    for network in ("network", "target_network"):  # the same starting point (seeding is not enough)
+        for a, b in zip(getattr(learners[1], network).variables, getattr(learners[0], network).variables):
+            a.assign(b)
+    assert trainers[0]._act._jit_compile
+    trainers[0].learn_from(logged_feedback(5), log_every=5)  # warm-up only: fills the replay
+    sample = trainers[0].sample()
+    plain = tf.function(learners[1].train)(sample)
+    compiled = tf.function(learners[0].train, jit_compile=True)(sample)
+    for name in plain:
+        np.testing.assert_allclose(compiled[name].numpy(), plain[name].numpy(), rtol=1e-4, atol=1e-6)
+    for a, b in zip(learners[0].network.variables, learners[1].network.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    observation = {k: tf.convert_to_tensor(v) for k, v in FacetWorld().reset().observation.items()}
+    act = lambda obs: learners[0].act_with_state(obs)[0]  # noqa: E731 - greedy slates
+    np.testing.assert_array_equal(tf.function(act, jit_compile=True)(observation).numpy(),
+                                  tf.function(act)(observation).numpy())
+    assert trainers[0].learn_from(logged_feedback(8, seed=3)).train_steps_per_second > 0  # the XLA train step
+
+
 def test_temperature_tracks_the_entropy_target(trained):
     _, learner, result = trained
     assert result.curve[-1]["temperature"] != pytest.approx(1.0)

@@ -132,7 +132,7 @@ def history_window(indices, max_length: int, width: int | None = None):
     known = tf.ragged.boolean_mask(indices, indices >= 2)
     window = known[:, -max_length:].to_tensor(default_value=0)
     # At least one column: a batch of empty histories still has a (padding) position to encode.
-    pad = tf.maximum((width or 1) - tf.shape(window)[1], 0)
+    pad = tf.maximum((1 if width is None else width) - tf.shape(window)[1], 0)
     window = tf.pad(window, [[0, 0], [0, pad]])
     return window if width is None else window[:, :width]
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tfmarl.agents.blocks import NEG_INF, history_window
 from tfmarl.agents.system import mask_excluded
+from tfmarl.rl.xla import step_function
 
 
 class CandidateRetriever:
@@ -56,9 +57,7 @@ class CandidateRetriever:
         items = tf.constant(self.item_vectors)
         spec = tf.TensorSpec([None, None], tf.int32)
 
-        @tf.function(input_signature=[spec, tf.TensorSpec([self.num_items], tf.bool)])
-        def retrieve(history, available):
-            window = history_window(history, self.max_length)
+        def scored(window, history, available):
             state = model.user_state(window, items, training=False)
             scores = tf.where(available[None, :], model.system_agent.score(state, items), NEG_INF)
             scores = mask_excluded(scores, history)
@@ -80,6 +79,15 @@ class CandidateRetriever:
             order = tf.math.top_k(picked_values, k=self.num_candidates)
             merged = tf.gather(merged, picked, batch_dims=1)
             return tf.gather(merged, order.indices, batch_dims=1), order.values, state
+
+        scored = step_function(scored)  # XLA: ragged ops (the window) stay outside
+
+        @tf.function(input_signature=[spec, tf.TensorSpec([self.num_items], tf.bool)])
+        def retrieve(history, available):
+            # The window keeps min(history width, max_length) columns whatever the rows hold (right
+            # padding does not change a causal encoding), so a fixed-width batch has one shape.
+            width = tf.clip_by_value(tf.shape(history)[1], 1, self.max_length)
+            return scored(history_window(history, self.max_length, width=width), history, available)
 
         self._retrieve = retrieve
         self._everything = np.ones(self.num_items, bool)

@@ -130,6 +130,11 @@ class MultiAgentLearner:
         return objects
 
     @property
+    def distributed(self) -> bool:
+        """Whether the learner trains under a `tf.distribute` strategy (``strategy.run``)."""
+        return self._distributed
+
+    @property
     def temperature(self):
         return tf.exp(self.log_temperature)
 

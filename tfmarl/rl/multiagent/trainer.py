@@ -32,6 +32,7 @@ from tfmarl.atomic import atomic_write_text
 from tfmarl.rl.multiagent.reward import AdaptiveReward, novelty_table, slate_diversity
 from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
+from tfmarl.rl.xla import xla_enabled
 
 REWARD_STATE_FILE = "reward_weights.json"
 RNG_STATE_FILE = "exploration_rng.json"
@@ -112,13 +113,17 @@ class MultiAgentTrainer:
             raise ValueError("states_from_env needs frozen agents (trainable_encoders=False): fine-tuned agents "
                              "drift away from the retriever's")
         self._states_from_env = bool(states_from_env)
-        self._act = tf.function(lambda obs, state=None: learner.act_with_state(obs, sample=True, state=state))
+        compiled = xla_enabled() and not learner.distributed
+        self._act = tf.function(lambda obs, state=None: learner.act_with_state(obs, sample=True, state=state),
+                                jit_compile=compiled)
         self._encode_state = tf.function(learner.network.encode_state)
         self._values = tf.function(learner.values)
-        # Sampling and the joint step in one compiled call: no dataset iterator or host round trip
-        # between them.
         self._batch_size = int(batch_size)
-        self._train_step = common.function(lambda: learner.train(self.sample()))
+        if compiled:  # the replay's sampling ops have no XLA kernels: sample, then the XLA step
+            sample, train = tf.function(self.sample), tf.function(learner.train, jit_compile=True)
+            self._train_step = lambda: train(sample())
+        else:  # sampling and the joint step in one compiled call: no host round trip between them
+            self._train_step = common.function(lambda: learner.train(self.sample()))
         self._add_batch = common.function(self._add_to_replay)
         self._facet_owner = learner.facet_owner.numpy()
         self.weight_history = []
