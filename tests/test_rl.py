@@ -630,6 +630,24 @@ def test_train_bandit_resumes_from_a_checkpoint(tmp_path, monkeypatch):
 # --- TensorBoard and off-policy logs ---------------------------------------------------------
 
 
+def test_xla_dqn_scores_as_the_plain_one_and_trains(rl_world, monkeypatch):
+    """TFMARL_XLA (off elsewhere in the suite): the Q-slate policy's values compiled with XLA equal
+    the plain ones, and `train_dqn` runs its agent's step with XLA."""
+    from tfmarl.rl import build_dqn, train_dqn
+
+    env = rl_world.candidate_env(batch_size=4, seed=1)
+    tf.keras.utils.set_random_seed(0)
+    agent, q_network = build_dqn(env, rl_world.model, hidden_units=(8,), trainable_encoders=False, replay_states=True)
+    observation = env.reset().observation
+    plain = QSlatePolicy(q_network, 3).q_values(observation)
+    monkeypatch.setenv("TFMARL_XLA", "1")
+    compiled = QSlatePolicy(q_network, 3)
+    assert compiled._q_values._jit_compile
+    np.testing.assert_allclose(compiled.q_values(observation), plain, rtol=1e-5, atol=1e-6)
+    result = train_dqn(agent, q_network, env, 10, batch_size=8, warmup_steps=3, log_every=5)
+    assert int(agent.train_step_counter.numpy()) == 7 and all(np.isfinite(p["loss"]) for p in result.curve)
+
+
 def test_train_dqn_writes_tensorboard_summaries(rl_dqn):
     values = event_values(rl_dqn.log_dir)
     for tag in ("dqn/loss", "dqn/epsilon", "dqn/session_return", "dqn/ctr", "dqn/q_mean", "dqn/session_length",

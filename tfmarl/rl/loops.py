@@ -20,6 +20,7 @@ from tf_agents.utils import common
 from tfmarl.rl.bandits import behaviour_probabilities, check_exact_propensities, explore
 from tfmarl.rl.dqn import consumed_positions
 from tfmarl.rl.policies import QSlatePolicy
+from tfmarl.rl.xla import step_function
 
 
 @dataclasses.dataclass
@@ -173,7 +174,9 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
     replay_states = "state" in agent.time_step_spec.observation  # see build_dqn(replay_states=True)
     # Sampling and the train step in one compiled call, and a compiled add: no dataset iterator and
     # no eager per-field ops between environment steps.
-    train = common.function(lambda: agent.train(replay.get_next(sample_batch_size=batch_size, num_steps=2)[0]))
+    # (The agent's step itself with XLA: the replay's sampling ops have no XLA kernels.)
+    agent_train = step_function(agent.train, distributed=tf.distribute.has_strategy())
+    train = common.function(lambda: agent_train(replay.get_next(sample_batch_size=batch_size, num_steps=2)[0]))
     @common.function
     def add_batch(items):
         replay.add_batch(items)  # its graph-mode result is an op, which tf.function cannot return

@@ -16,6 +16,7 @@ from tf_agents.trajectories import time_step as ts
 
 from tfmarl.data.vocab import NUM_RESERVED
 from tfmarl.envs.session import random_slates
+from tfmarl.rl.xla import step_function
 
 
 class SlatePolicy:
@@ -165,7 +166,8 @@ class QSlatePolicy(SlatePolicy):
         self._retriever = retriever
         self.epsilon = float(epsilon)
         self._rng = np.random.default_rng(seed)
-        self._q_values = tf.function(lambda obs: q_network(obs, training=False)[0])
+        self._q_values = step_function(lambda obs: q_network(obs, training=False)[0],
+                                       distributed=tf.distribute.has_strategy())
 
     @property
     def deterministic(self) -> bool:

@@ -1,4 +1,5 @@
-"""XLA for the RL loop's per-step compiled calls (acting, the joint train step, candidate retrieval).
+"""XLA for the RL loop's per-step compiled calls (candidate retrieval, acting and the train steps of
+DQN and the multi-agent learner).
 
 Each runs once per environment step on tensors whose shapes stay the same from step to step (the
 environment's batch and history length, N candidates, the replay batch), so XLA compiles it once
