@@ -32,7 +32,7 @@ from tfmarl.atomic import atomic_write_text
 from tfmarl.rl.multiagent.reward import AdaptiveReward, novelty_table, slate_diversity
 from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
-from tfmarl.rl.xla import xla_enabled
+from tfmarl.rl.xla import step_function, xla_enabled
 
 REWARD_STATE_FILE = "reward_weights.json"
 RNG_STATE_FILE = "exploration_rng.json"
@@ -113,14 +113,13 @@ class MultiAgentTrainer:
             raise ValueError("states_from_env needs frozen agents (trainable_encoders=False): fine-tuned agents "
                              "drift away from the retriever's")
         self._states_from_env = bool(states_from_env)
-        compiled = xla_enabled() and not learner.distributed
-        self._act = tf.function(lambda obs, state=None: learner.act_with_state(obs, sample=True, state=state),
-                                jit_compile=compiled)
+        self._act = step_function(lambda obs, state=None: learner.act_with_state(obs, sample=True, state=state),
+                                  distributed=learner.distributed)
         self._encode_state = tf.function(learner.network.encode_state)
         self._values = tf.function(learner.values)
         self._batch_size = int(batch_size)
-        if compiled:  # the replay's sampling ops have no XLA kernels: sample, then the XLA step
-            sample, train = tf.function(self.sample), tf.function(learner.train, jit_compile=True)
+        if xla_enabled() and not learner.distributed:  # sampling has no XLA kernels: sample, then the XLA step
+            sample, train = tf.function(self.sample), step_function(learner.train)
             self._train_step = lambda: train(sample())
         else:  # sampling and the joint step in one compiled call: no host round trip between them
             self._train_step = common.function(lambda: learner.train(self.sample()))
