@@ -28,6 +28,20 @@ def test_user_agent_shapes_and_cold_start(encoder):
     assert np.isfinite(final.numpy()).all()
 
 
+def test_transformer_final_state_is_the_sequence_state_at_the_last_item():
+    # The final state computes the last block at one position per row only: it must equal the
+    # full sequence's state there, for every length (including a single item and none).
+    agent = UserAgent("transformer", dim=16, max_length=6, num_layers=3, num_heads=4, dropout=0.0)
+    x = embedded(batch=5, length=6)
+    lengths = np.array([6, 3, 1, 0, 5])
+    mask = tf.constant(np.arange(6)[None, :] < lengths[:, None])
+    states = agent(x, mask=mask, return_sequences=True).numpy()
+    final = tf.function(lambda x, m: agent(x, mask=m))(x, mask).numpy()
+    for row, length in enumerate(lengths):
+        expected = states[row, length - 1] if length else agent.cold_start.numpy()
+        np.testing.assert_allclose(final[row], expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_user_agent_is_causal_and_ignores_padding(encoder):
     agent = UserAgent(encoder, dim=8, max_length=8, num_layers=2, dropout=0.0)

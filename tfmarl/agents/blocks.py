@@ -52,6 +52,22 @@ class CausalSelfAttention(tf.keras.layers.Layer):
         context = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])  # [B, L, H, Dh]
         return self.out(tf.reshape(context, [B, L, D]))
 
+    def call_at(self, x, attention_bias, index, training=None):
+        """`call`'s output at one position per row, ``index`` int [B, 1] -> [B, 1, D]: keys and
+        values for every position, the query (and everything after attention) for that one only."""
+        B, L = tf.shape(x)[0], tf.shape(x)[1]
+        D = x.shape[-1]
+        H = self.num_heads
+        kernel, bias = self.qkv.kernel, self.qkv.bias
+        query = tf.gather(x, index, batch_dims=1) @ kernel[:, :D] + bias[:D]  # [B, 1, D]
+        kv = tf.transpose(tf.reshape(x @ kernel[:, D:] + bias[D:], [B, L, 2, H, D // H]), [2, 0, 3, 1, 4])
+        k, v = tf.unstack(kv)  # [B, H, L, Dh]
+        q = tf.transpose(tf.reshape(query, [B, 1, H, D // H]), [0, 2, 1, 3])  # [B, H, 1, Dh]
+        row_bias = tf.gather(attention_bias[:, 0], index, batch_dims=1)[:, None]  # [B, 1, 1, L]
+        scores = tf.matmul(q, k, transpose_b=True) * (float(D // H) ** -0.5) + row_bias
+        weights = self.attention_dropout(tf.nn.softmax(scores, axis=-1), training=training)
+        return self.out(tf.reshape(tf.matmul(weights, v), [B, 1, D]))
+
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}
 
@@ -82,6 +98,13 @@ class TransformerBlock(tf.keras.layers.Layer):
     def call(self, x, attention_bias, training=None):
         x = x + self.drop(self.attention(self.attention_norm(x), attention_bias, training=training),
                           training=training)
+        return x + self.drop(self.ffn_out(self.ffn_in(self.ffn_norm(x))), training=training)
+
+    def call_at(self, x, attention_bias, index, training=None):
+        """`call`'s output at one position per row, ``index`` int [B, 1] -> [B, 1, D], computing
+        the other positions only as far as that one needs (their keys and values)."""
+        attended = self.attention.call_at(self.attention_norm(x), attention_bias, index, training=training)
+        x = tf.gather(x, index, batch_dims=1) + self.drop(attended, training=training)
         return x + self.drop(self.ffn_out(self.ffn_in(self.ffn_norm(x))), training=training)
 
     def get_config(self):

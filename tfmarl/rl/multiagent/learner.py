@@ -7,7 +7,8 @@ step on the sum of the heads' TD losses:
 - critic (System agent): Double DQN on the global reward,
   ``y = r + gamma * Q'(s', argmax_c Q(s', c))``;
 - interest head (User agent) and proposal heads (Content agents): their own rewards, bootstrapped
-  from the centralised critic's target, ``y = r_role + gamma * max_c Q'_critic(s', c)``; without a
+  from the same centralised value of the next observation, ``y = r_role + gamma * Q'(s', argmax_c
+  Q(s', c))`` (the target critic is evaluated at one candidate per row, not all N); without a
   critic (the ablation) each head bootstraps from its own target (a proposal head over its
   domain's candidates only).
 
@@ -191,20 +192,24 @@ class MultiAgentLearner:
         none = ~tf.reduce_any(mask, -1, keepdims=True)
         return mask | (none & tf.one_hot(0, tf.shape(mask)[-1], on_value=True, off_value=False)[None, None])
 
-    def _bootstrap(self, online_next, target_next, next_facets) -> dict:
-        """max-Q of the next observation for every head's TD target."""
-        if self.use_critic:
-            critic = target_next["critic"]
-            best = tf.argmax(online_next["critic"], axis=-1, output_type=tf.int32)
-            shared = tf.reduce_max(critic, -1)
-            out = {name: shared for name in self.heads}
-            out["critic"] = tf.gather(critic, best, batch_dims=1)  # Double DQN
-            return out
-        out = {"interest": tf.reduce_max(target_next["interest"], -1)}
-        masked = tf.where(self._domain_masks(next_facets), target_next["proposals"], -np.inf)
+    def _bootstrap(self, online_encoding, target_encoding, nxt) -> dict:
+        """The value of the next observations ``nxt`` in every head's TD target (no gradient), from
+        the online and the target network's (state, candidate vectors) of them."""
+        next_state, next_items = target_encoding
+        if self.use_critic:  # Double DQN: the online critic picks, its target values that one candidate
+            online = self.network.head_values("critic", *online_encoding, nxt["step"], nxt["candidates"])
+            best = tf.argmax(online, axis=-1, output_type=tf.int32)[:, None]
+            value = self.target_network.head_values(
+                "critic", next_state, tf.gather(next_items, best, batch_dims=1), nxt["step"],
+                tf.gather(nxt["candidates"], best, batch_dims=1))[:, 0]
+            return {name: tf.stop_gradient(value) for name in self.heads}
+        target = self.target_network.heads(next_state, next_items, nxt["step"], names=("interest", "proposals"),
+                                           candidates=nxt["candidates"])
+        out = {"interest": tf.reduce_max(target["interest"], -1)}
+        masked = tf.where(self._domain_masks(nxt["candidate_facets"]), target["proposals"], -np.inf)
         for m in range(self.num_content_agents):
             out[f"proposal_{m}"] = tf.reduce_max(masked[:, m], -1)
-        return out
+        return tf.nest.map_structure(tf.stop_gradient, out)
 
     def _replica_step(self, sample, global_batch: int):
         ctx = tf.distribute.get_replica_context()
@@ -241,20 +246,11 @@ class MultiAgentLearner:
                 values = self.network.head_values(name, state[:b], tf.gather(items[:b], chosen, batch_dims=1),
                                                   now["step"], tf.gather(now["candidates"], chosen, batch_dims=1))
                 current[name] = values[:, 0]
-            # Of the next observations only the critic's online values are needed (Double DQN's argmax).
-            online_next = tf.nest.map_structure(tf.stop_gradient, self.network.heads(
-                state[b:], items[b:], nxt["step"], names=("critic",) if self.use_critic else (),
-                candidates=nxt["candidates"]))
-            # The targets bootstrap from the critic's target head alone (from each head's own without one).
-            needed = ("critic",) if self.use_critic else ("interest", "proposals")
             if self.trainable_encoders:
-                next_state, next_items = self.target_network.encode(nxt)
+                target_encoding = self.target_network.encode(nxt)
             else:  # frozen agents: the target's layers equal the online ones, so their encoding is shared
-                next_state, next_items = state[b:], items[b:]
-            target_next = self.target_network.heads(next_state, next_items, nxt["step"], names=needed,
-                                                    candidates=nxt["candidates"])
-            target_next = tf.nest.map_structure(tf.stop_gradient, target_next)
-            bootstrap = self._bootstrap(online_next, target_next, nxt["candidate_facets"])
+                target_encoding = (state[b:], items[b:])
+            bootstrap = self._bootstrap((state[b:], items[b:]), target_encoding, nxt)
             losses = {}
             for name in self.heads:
                 q = current[name]

@@ -32,7 +32,7 @@ from tfmarl.atomic import atomic_write_text
 from tfmarl.rl.multiagent.reward import AdaptiveReward, novelty_table, slate_diversity
 from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
-from tfmarl.rl.xla import step_function, xla_enabled
+from tfmarl.rl.xla import step_function
 
 REWARD_STATE_FILE = "reward_weights.json"
 RNG_STATE_FILE = "exploration_rng.json"
@@ -118,11 +118,10 @@ class MultiAgentTrainer:
         self._encode_state = tf.function(learner.network.encode_state)
         self._values = tf.function(learner.values)
         self._batch_size = int(batch_size)
-        if xla_enabled() and not learner.distributed:  # sampling has no XLA kernels: sample, then the XLA step
-            sample, train = tf.function(self.sample), step_function(learner.train)
-            self._train_step = lambda: train(sample())
-        else:  # sampling and the joint step in one compiled call: no host round trip between them
-            self._train_step = common.function(lambda: learner.train(self.sample()))
+        # One call per environment step stores its transitions, samples and takes the joint step
+        # (XLA-compiled inside; sampling has no XLA kernels): no host round trip in between.
+        train = step_function(learner.train, distributed=learner.distributed)
+        self._add_and_train = common.function(lambda transitions: self._add_then(transitions, train))
         self._add_batch = common.function(self._add_to_replay)
         self._facet_owner = learner.facet_owner.numpy()
         self.weight_history = []
@@ -187,6 +186,10 @@ class MultiAgentTrainer:
     def _add_to_replay(self, transitions) -> None:
         self.replay.add_batch(transitions)  # its graph-mode result is an op, which tf.function cannot return
 
+    def _add_then(self, transitions, train) -> dict:
+        self.replay.add_batch(transitions)  # automatic control dependencies: sampled after the add
+        return train(self.sample())
+
     def add_transitions(self, transitions: dict) -> None:
         """Ingests joint transitions (this trainer's replay layout, leading dimension = env batch),
         e.g. logged feedback streamed from elsewhere."""
@@ -245,7 +248,12 @@ class MultiAgentTrainer:
         for time_step, positions, next_step, signals_in, state in feedback:
             positions = np.asarray(positions)
             transition, signals, total = self._joint_transition(time_step, positions, next_step, signals_in, state)
-            self.add_transitions(transition)
+            losses = {}
+            if done + 1 - start > self._warmup:  # this step trains
+                losses = self._add_and_train(tf.nest.map_structure(tf.convert_to_tensor, transition))
+                train_steps += 1
+            else:
+                self.add_transitions(transition)
             observation = time_step.observation
             active = ~np.asarray(time_step.is_last())
             stats["return"] += np.where(active, signals["click"], 0.0)
@@ -261,10 +269,8 @@ class MultiAgentTrainer:
                 values[ended] = 0.0
             self.global_step.assign_add(1)
             done += 1
-            if done - start > self._warmup:
-                for name, value in self._train_step().items():
-                    window.setdefault(f"loss/{name}" if name != "entropy" else "facet_entropy", []).append(float(value))
-                train_steps += 1
+            for name, value in losses.items():
+                window.setdefault(f"loss/{name}" if name != "entropy" else "facet_entropy", []).append(float(value))
             if done % log_every == 0:
                 curve.append(self._log_point(done, window, finished, observation))
                 finished, window = [], {}
