@@ -200,8 +200,7 @@ class MultiAgentLearner:
             online = self.network.head_values("critic", *online_encoding, nxt["step"], nxt["candidates"])
             best = tf.argmax(online, axis=-1, output_type=tf.int32)[:, None]
             value = self.target_network.head_values(
-                "critic", next_state, tf.gather(next_items, best, batch_dims=1), nxt["step"],
-                tf.gather(nxt["candidates"], best, batch_dims=1))[:, 0]
+                "critic", next_state, tf.gather(next_items, best, batch_dims=1), nxt["step"])[:, 0]
             return {name: tf.stop_gradient(value) for name in self.heads}
         target = self.target_network.heads(next_state, next_items, nxt["step"], names=("interest", "proposals"),
                                            candidates=nxt["candidates"])
@@ -242,9 +241,10 @@ class MultiAgentLearner:
                     interest = self.network.head_values(name, state[:b], None, now["step"])
                     current[name] = tf.gather(interest, actions[name], batch_dims=1)
                     continue
+                # One item per row: adapted directly, not through the whole adapted catalog.
                 chosen = actions[name][:, None]
                 values = self.network.head_values(name, state[:b], tf.gather(items[:b], chosen, batch_dims=1),
-                                                  now["step"], tf.gather(now["candidates"], chosen, batch_dims=1))
+                                                  now["step"])
                 current[name] = values[:, 0]
             if self.trainable_encoders:
                 target_encoding = self.target_network.encode(nxt)

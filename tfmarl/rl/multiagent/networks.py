@@ -68,12 +68,19 @@ class _ValueHead(tf.keras.layers.Layer):
 
     def call(self, state, items, step, base=None, adapted_items=None):
         """Q [B, X]. ``adapted_items`` [B, X, D], when given, are ``items`` already multiplied by
-        the item adapter (e.g. gathered from the adapted catalog): the adapter is then skipped."""
+        the item adapter (e.g. gathered from the adapted catalog): the adapter is then skipped.
+        Otherwise the cheaper of adapting the X rows and folding the adapter into the per-state
+        weights is taken (by the static X)."""
         s = self.user_adapter(state)  # [B, D]
         first = (self.hidden or [self.out])[0]
         d = self.dim
         k1, k2, k3, k4 = first.kernel[:d], first.kernel[d:2 * d], first.kernel[2 * d:3 * d], first.kernel[3 * d:]
         per_row = s[:, :, None] * k1[None] + k2[None]  # diag(s') K1 + K2: [B, D, H]
+        rows_per_state = items.shape[-2] if adapted_items is None else None
+        if rows_per_state is not None and rows_per_state <= first.units:
+            # Few rows (a train step's chosen candidates): adapting them costs X D^2 per state,
+            # folding the adapter into the weights D^2 H.
+            adapted_items = self.item_adapter(items)
         if adapted_items is None:  # fold the adapter into the per-row weights
             per_row, rows = tf.matmul(self.item_adapter.kernel, per_row), items
         else:
@@ -186,7 +193,9 @@ class MultiAgentNetwork(network.Network):
         [B, F], ``proposals`` [B, M, X], ``critic`` [B, X] for the X items ``items`` [B, X, D].
         With the items' ids ``candidates`` [B, X] (and a catalog small enough for
         `encode_items`' catalog pass) each head applies its item adapter to the catalog once and
-        gathers, instead of adapting B x X vectors."""
+        gathers, instead of adapting B x X vectors: worth it when B x X is large next to the
+        catalog (acting on every candidate), not for a few items per row (leave ``candidates``
+        out)."""
         out = {}
         if "interest" in names:
             out["interest"] = self.head_values("interest", state, None, step)
