@@ -6,7 +6,8 @@ The baseline is checked out in a temporary `git worktree` and every measurement 
 per tree, in a child process whose ``PYTHONPATH`` (and working directory) is that tree: the same
 code below drives both, with the same settings. Parts (``--parts``, default all):
 
-- ``dqn``, ``multiagent``: steady-state RL train steps per second. ML-100k, the session simulator
+- ``dqn``, ``multiagent``: steady-state RL train steps per second (median of ``--repeats`` runs
+  per tree, the trees alternating; every run is recorded). ML-100k, the session simulator
   (``fit_user_model``, dim 16) and a pretrained transformer two-tower model (dim 64, max_length
   50); 64 sessions per environment step, 100 retrieved candidates, one train step per
   environment step after warm-up, the algorithms' default replay batch (128), frozen agents for
@@ -224,6 +225,14 @@ def make_pytest_args(tree: pathlib.Path, target: str) -> list:
     raise ValueError(f"{tree / 'Makefile'}: no `{target}` recipe that runs `python -m pytest`")
 
 
+def median_run(runs: list) -> dict:
+    """The run with the median train steps/s (the lower middle one of an even count)."""
+    if len(runs) == 1:
+        return runs[0]
+    ranked = sorted(runs, key=lambda r: r["train_steps_per_second"])
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def measure_tree(tree: pathlib.Path, part: str, args) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {part} in {tree}", file=sys.stderr, flush=True)
     if part == "tests":
@@ -246,6 +255,7 @@ def main() -> int:
     parser.add_argument("--skip", type=int, default=100, help="environment steps left out of the timing")
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per tree of each throughput part")
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="pretraining of the RL runs' model")
     parser.add_argument("--return-steps", type=int, default=1500, help="training steps before the returns are measured")
     parser.add_argument("--return-seeds", type=int, default=3)
@@ -268,10 +278,17 @@ def main() -> int:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
         result.update(benchmark="speed", machine=machine(), load_average_start=list(os.getloadavg()),
                       baseline=args.baseline, new=commit.strip()[:12],
-                      settings={k: getattr(args, k) for k in ("steps", "skip", "candidates", "seed", "pretrain_epochs")})
+                      settings={k: getattr(args, k) for k in ("steps", "skip", "candidates", "seed", "pretrain_epochs",
+                                                              "repeats")})
         for part in args.parts.split(","):
-            # Baseline first, then this tree, back to back: the same machine state for both.
-            old, new = measure_tree(base, part, args), measure_tree(REPO, part, args)
+            # Baseline first, then this tree, back to back: the same machine state for both. The
+            # throughput parts alternate ``--repeats`` times and keep each tree's median run: this
+            # host's speed drifts 15-30% between minutes, more than some of the gaps measured.
+            rounds = args.repeats if part in RL_PARTS else 1
+            runs = [(measure_tree(base, part, args), measure_tree(REPO, part, args)) for _ in range(rounds)]
+            old, new = (median_run([r[i] for r in runs]) for i in (0, 1))
+            if rounds > 1:
+                old, new = dict(old, runs=[r[0] for r in runs]), dict(new, runs=[r[1] for r in runs])
             result.setdefault("parts", {})[part] = {"baseline": old, "new": new}
             if part in RL_PARTS:
                 rate = "train_steps_per_second"

@@ -45,6 +45,11 @@ TINY = {
     ({"rl": {"candidates": 20}, "export": {"k": 30}}, "export.k: 30 is more than rl.candidates=20"),
     ({"rl": {"candidates": 5000}}, "rl.candidates: 5000 is more than the catalog's 1000 items"),
     ({"rl": {"candidates": 8}, "export": {"k": 5}}, "simulator.session.slate_size: 10 is more than rl.candidates=8"),
+    ({"data": {"new_items": {"fraction": 1.0}}}, "data.new_items.fraction: must be in [0, 1)"),
+    ({"data": {"new_items": {"how": "oldest"}}}, "data.new_items.how: 'oldest' is not allowed"),
+    ({"data": {"new_items": {"fraction": 0.1}}, "simulator": {"session": {"new_item_fraction": 0.1}}},
+     "simulator.session.new_item_fraction: the simulator would pick its own new items"),
+    ({"data": {"new_items": {"fraction": 0.1}, "split": "temporal"}}, "data.new_items: needs data.split: leave_one_out"),
 ])
 def test_config_errors_name_the_key_and_the_allowed_values(values, message):
     with pytest.raises(ConfigError) as error:
@@ -305,3 +310,36 @@ def test_cold_start_and_churn_keys_are_checked():
                          ({"rl": {"dqn": {"dueling": True}}}, "rl.dqn")):
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             config_from_dict(bad)
+
+
+@pytest.mark.slow
+def test_pipeline_with_catalog_churn_holds_new_items_out_and_reports_their_clicks(tmp_path):
+    """``data.new_items``: the new items never reach pretraining (no train interaction, unknown to
+    the Content agent), arrive during RL and evaluation, and every policy's share of clicks on
+    them is reported."""
+    import numpy as np
+
+    config = dict(TINY, run_dir=str(tmp_path / "run"), export={"dir": str(tmp_path / "models")})
+    config["data"] = dict(TINY["data"], new_items={"fraction": 0.2, "how": "random"})
+    config["simulator"] = {"dim": 4, "session": dict(TINY["simulator"]["session"], new_item_arrival_steps=4)}
+    config["rl"] = dict(TINY["rl"], new_item_candidates=3)
+    config["evaluate"] = dict(TINY["evaluate"], episodes=64)
+    path = tmp_path / "churn.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "data" / "summary.json").read_text())["new_items"] == 12  # 20% of 60
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    shares = {name: values["new_item_click_share"] for name, values in metrics["online"].items()}
+    assert set(shares) == {"random", "greedy", "multiagent"} and all(0 <= v <= 1 for v in shares.values())
+    assert max(shares.values()) > 0  # the new items arrived and were clicked
+    assert "new_item_click_share" in (run / "report.md").read_text()
+
+    from tfmarl.cli.pipeline import Pipeline
+
+    pipeline = Pipeline(load_config(path), progress=False)
+    state = pipeline.run(stages=("pretrain",))  # loads the finished stages
+    new = state["new_items"]
+    assert len(new) == 12 and state["counts"][new].sum() == 0
+    known = state["model"].content_agent.known_items.numpy()
+    assert not known[new].any() and known.sum() == state["vocab"].size - 12

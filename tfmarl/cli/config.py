@@ -64,6 +64,16 @@ class FeaturesConfig:
 
 
 @dataclasses.dataclass
+class NewItemsConfig:
+    """Catalog churn (`tfmarl.data.cold_item_split`): this share of the items is held out of
+    pretraining with all its interactions, and arrives while the RL and the evaluation sessions
+    run (over ``simulator.session.new_item_arrival_steps`` steps); the evaluation reports each
+    policy's share of clicks on them."""
+    fraction: float = 0.0  # 0: a fixed catalog
+    how: str = choice("random", "random", "newest")
+
+
+@dataclasses.dataclass
 class DataConfig:
     source: str = choice("synthetic", "synthetic", "movielens", "interactions")
     path: typing.Optional[str] = None
@@ -72,6 +82,7 @@ class DataConfig:
     split: str = choice("leave_one_out", "leave_one_out", "temporal")
     on_duplicates: str = choice("warn", "warn", "drop", "error")
     features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
+    new_items: NewItemsConfig = dataclasses.field(default_factory=NewItemsConfig)
 
 
 @dataclasses.dataclass
@@ -287,7 +298,7 @@ def _check_values(config, where):
             raise ConfigError(f"{path}: must be a positive integer, got {value}")
         if f.name in ("learning_rate", "encoder_learning_rate") and value <= 0:
             raise ConfigError(f"{path}: must be positive, got {value}")
-        if f.name in ("dropout", "heldout_fraction", "id_dropout") and not 0 <= value < 1:
+        if f.name in ("dropout", "heldout_fraction", "id_dropout", "fraction") and not 0 <= value < 1:
             raise ConfigError(f"{path}: must be in [0, 1), got {value}")
         if f.name in ("gamma", "epsilon_start", "epsilon_end") and not 0 <= value <= 1:
             raise ConfigError(f"{path}: must be in [0, 1], got {value}")
@@ -344,7 +355,15 @@ def _check_consistency(config: Config) -> None:
     from tfmarl.envs import SessionConfig
 
     rl, ma = config.rl, config.rl.multiagent
-    slate_size = SessionConfig(**config.simulator.session).slate_size
+    session = SessionConfig(**config.simulator.session)
+    slate_size = session.slate_size
+    if config.data.new_items.fraction:
+        if session.new_item_fraction:
+            raise ConfigError("simulator.session.new_item_fraction: the simulator would pick its own new items "
+                              "besides data.new_items; set one of the two (data.new_items also holds its items "
+                              "out of pretraining)")
+        if config.data.split != "leave_one_out":
+            raise ConfigError(f"data.new_items: needs data.split: leave_one_out (got {config.data.split!r})")
     if config.data.source == "synthetic" and rl.candidates > config.data.synthetic.n_items:
         raise ConfigError(f"rl.candidates: {rl.candidates} is more than the catalog's "
                           f"{config.data.synthetic.n_items} items (data.synthetic.n_items)")

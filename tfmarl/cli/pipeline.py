@@ -151,14 +151,26 @@ class Pipeline:
                 features = features.with_text_embeddings(embed_item_texts(interactions, vocab, f.text_preset))
             vocab.save(data_dir / "vocabulary.json")
             features.save(data_dir / "features")
-        split = leave_one_out(sequences) if cfg.split == "leave_one_out" else temporal_split(sequences)
+        new_items = np.zeros(0, np.int32)
+        if cfg.new_items.fraction:  # catalog churn: these items exist for the simulator only
+            from tfmarl.data import cold_item_split
+            from tfmarl.data.splits import Split
+
+            churn = cold_item_split(sequences, cfg.new_items.fraction, how=cfg.new_items.how, seed=self.config.seed)
+            split, new_items = Split(churn.train, churn.valid, churn.warm_test), churn.cold_items
+        elif cfg.split == "leave_one_out":
+            split = leave_one_out(sequences)
+        else:
+            split = temporal_split(sequences)
         summary = {"source": cfg.source, "name": interactions.name, "interactions": interactions.num_interactions,
                    "users": interactions.num_users, "items": interactions.num_items,
-                   "train_targets": split.train.num_interactions, "test_users": len(split.test)}
+                   "train_targets": split.train.num_interactions, "test_users": len(split.test),
+                   "new_items": int(len(new_items))}
         atomic_write_text(data_dir / "summary.json", json.dumps(summary, indent=2))
-        self.say(f"   {interactions}; {summary['train_targets']} train targets, {summary['test_users']} test users")
+        self.say(f"   {interactions}; {summary['train_targets']} train targets, {summary['test_users']} test users"
+                 + (f"; {len(new_items)} new items held out of training" if len(new_items) else ""))
         self.state.update(interactions=interactions, vocab=vocab, split=split, features=features, data=summary,
-                          counts=np.bincount(split.train.items, minlength=vocab.size))
+                          counts=np.bincount(split.train.items, minlength=vocab.size), new_items=new_items)
 
     def _make_strategy(self):
         from tfmarl.training import get_strategy
@@ -187,6 +199,10 @@ class Pipeline:
                 loss=cfg.loss, num_negatives=cfg.num_negatives, item_frequencies=s["counts"],
                 system_agent=SystemAgent(k=self.config.export.k, interaction=cfg.interaction, name="system_agent"))
             model.build_all()
+            if len(s["new_items"]):  # encoded from their features alone, left out of the training softmax
+                known = np.ones(s["vocab"].size, bool)
+                known[s["new_items"]] = False
+                model.set_known_items(known)
         tf.keras.utils.set_random_seed(self.config.seed)
         return model
 
@@ -261,6 +277,7 @@ class Pipeline:
         algorithm = make_algorithm(cfg.algorithm, s["model"], s["user_model"], session_config=self._session_config(),
                                    candidates=cfg.candidates, batch_size=cfg.batch_size, seed=self.config.seed,
                                    item_counts=s["counts"], new_item_candidates=cfg.new_item_candidates,
+                                   new_items=s["new_items"] if len(s["new_items"]) else None,
                                    checkpoint_dir=self._checkpoints("rl"),
                                    log_dir=self.run_dir / "tensorboard" / "rl", strategy=self.strategy, **options)
         # On reuse this restores the finished run's checkpoint and trains no further.
@@ -302,16 +319,31 @@ class Pipeline:
         if learned is not None:
             chosen[self.config.rl.algorithm] = learned
         online = {}
+        new_items = s["new_items"] if len(s["new_items"]) else None
+        algorithm = s.get("algorithm")
+        retrievers = {s["retriever"], *([algorithm.retriever] if algorithm is not None else [])}
         for name, policy in chosen.items():
             env = SessionEnvironment(s["user_model"], session, batch_size=100, users="heldout",
-                                     seed=10_000 + self.config.seed)
-            r = run_episodes(env, policy, cfg.episodes)
+                                     seed=10_000 + self.config.seed, new_items=new_items)
+            for retriever in retrievers:  # under churn, policies propose only the items that exist
+                retriever.available = (lambda env=env: env.available_items) if new_items is not None else None
+            try:
+                r = run_episodes(env, policy, cfg.episodes)
+            finally:
+                for retriever in retrievers:
+                    retriever.available = None
             online[name] = {"return_mean": float(np.mean(r["return"])), "ctr_mean": float(np.mean(r["ctr"])),
                             "session_length_mean": float(np.mean(r["length"])), "coverage": float(r["coverage"]),
                             "diversity": float(r["diversity"]),
                             "satisfaction_mean": float(np.mean(r["satisfaction"]))}
+            churn = ""
+            if new_items is not None:
+                share = float(r["new_item_clicks"].sum() / max(float(r["clicks"].sum()), 1.0))
+                online[name]["new_item_click_share"] = share
+                churn = f", new-item click share {share:.3f}"
             self.say(f"   {name:>12}: return {online[name]['return_mean']:.2f}, CTR {online[name]['ctr_mean']:.3f}, "
-                     f"length {online[name]['session_length_mean']:.1f}, diversity {online[name]['diversity']:.3f}")
+                     f"length {online[name]['session_length_mean']:.1f}, diversity {online[name]['diversity']:.3f}"
+                     + churn)
         metrics = {"ranking": ranking, "online": online, "episodes": cfg.episodes, "users": "heldout"}
         if cfg.impressions.path:
             metrics["offline"] = self._evaluate_offline(chosen)

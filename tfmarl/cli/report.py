@@ -124,9 +124,10 @@ def write_report(run_dir, config, state, timings) -> pathlib.Path:
                   markdown_table([{"model": "pretrained", **{c: r[c] for c in cols}}], ["model", *cols]), ""]
     if metrics.get("online"):
         rows = [{"policy": name, **values} for name, values in metrics["online"].items()]
+        churn = ["new_item_click_share"] if all("new_item_click_share" in row for row in rows) else []
         lines += [f"## Simulated sessions ({metrics['episodes']} per policy, held-out users)", "",
                   markdown_table(rows, ["policy", "return_mean", "ctr_mean", "session_length_mean",
-                                        "satisfaction_mean", "coverage", "diversity"]), "",
+                                        "satisfaction_mean", "coverage", "diversity", *churn]), "",
                   "![policies](policies.png)", ""]
         _plot_policies(run_dir / "policies.png", metrics["online"])
     offline = metrics.get("offline")
