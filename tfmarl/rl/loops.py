@@ -172,14 +172,20 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
     start = int(global_step.numpy())
     policy = QSlatePolicy(q_network, env.session.config.slate_size, seed=seed + start)
     replay_states = "state" in agent.time_step_spec.observation  # see build_dqn(replay_states=True)
-    # Sampling and the train step in one compiled call, and a compiled add: no dataset iterator and
-    # no eager per-field ops between environment steps.
-    # (The agent's step itself with XLA: the replay's sampling ops have no XLA kernels.)
+    # Storing a step's transitions, sampling and the train step in one compiled call (a compiled
+    # add alone during warm-up): no dataset iterator and no eager per-field ops between
+    # environment steps. (The agent's step itself with XLA: the replay's sampling ops have no XLA
+    # kernels.)
     agent_train = step_function(agent.train, distributed=tf.distribute.has_strategy())
-    train = common.function(lambda: agent_train(replay.get_next(sample_batch_size=batch_size, num_steps=2)[0]))
+
     @common.function
     def add_batch(items):
         replay.add_batch(items)  # its graph-mode result is an op, which tf.function cannot return
+
+    @common.function
+    def add_and_train(items):
+        replay.add_batch(items)  # automatic control dependencies: sampled after the add
+        return agent_train(replay.get_next(sample_batch_size=batch_size, num_steps=2)[0])
 
     writer = _writer(log_dir)
 
@@ -204,10 +210,15 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
         next_step = observed(env.step(positions))
         info = env.last_info
         action = consumed_positions(positions, info)
-        add_batch(_to_tensors(trajectory.Trajectory(
+        items = _to_tensors(trajectory.Trajectory(
             step_type=time_step.step_type, observation=time_step.observation, action=action, policy_info=(),
             next_step_type=next_step.step_type, reward=np.asarray(next_step.reward, np.float32),
-            discount=next_step.discount)))
+            discount=next_step.discount))
+        if step_index + 1 - start > warmup_steps:
+            losses.append(float(add_and_train(items).loss))
+            train_steps += 1
+        else:
+            add_batch(items)
         active = ~time_step.is_last()
         session_return += np.where(active, next_step.reward, 0.0)
         session_clicks += np.where(active, info["click"], 0.0)
@@ -219,9 +230,6 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
         time_step = next_step
         global_step.assign_add(1)
         done = step_index + 1
-        if done - start > warmup_steps:
-            losses.append(float(train().loss))
-            train_steps += 1
         if done % log_every == 0 or done == num_steps:
             point = {"step": done, "epsilon": policy.epsilon, "q_mean": float(np.mean(q_means))}
             if losses:
