@@ -13,9 +13,11 @@ held-out evaluation sessions; every policy retrieves only the items that exist.
 
 Policies: ``greedy`` (the pretrained two-tower top-K), ``marl`` (the multi-agent default: clicks
 subject to diversity and satisfaction floors; of its N candidates, ``--new-item-candidates`` are
-the best new items, which the Content agents can then propose) and ``marl_novelty`` (the same plus
+the best new items, which the Content agents can then propose), ``marl_novelty`` (the same plus
 a floor on the novelty signal, the self-information of an item under the training popularity,
-which is highest for items nobody has interacted with). Reported per policy and seed: return (clicks per session),
+which is highest for items nobody has interacted with) and ``marl_new_slots`` (``marl`` whose
+System agent gives ``--new-item-slots`` of every slate to the critic's best new candidates, in
+training and after). Reported per policy and seed: return (clicks per session),
 CTR, and ``new_item_click_share`` = clicks on the new items / all clicks.
 """
 
@@ -104,6 +106,9 @@ def main(argv=None):
     parser.add_argument("--novelty-floor", type=float, default=0.5)
     parser.add_argument("--new-item-candidates", type=int, default=10,
                         help="candidate places the multi-agent policies reserve for new items")
+    parser.add_argument("--new-item-slots", type=int, default=1, help="slate slots of marl_new_slots' new items")
+    parser.add_argument("--policies", default="marl,marl_novelty,marl_new_slots",
+                        help="the multi-agent variants to train (greedy is always measured)")
     args = parser.parse_args(argv)
 
     from tfmarl.envs import SessionConfig
@@ -112,14 +117,19 @@ def main(argv=None):
     start = time.perf_counter()
     ctx = setup(args)
     train_config = SessionConfig(new_item_arrival_steps=args.train_arrival_steps)
-    per_seed = {"greedy": [], "marl": [], "marl_novelty": []}
+    variants = args.policies.split(",")
+    if variants[0] != "marl":
+        raise SystemExit("--policies must start with marl (its default floors are every variant's)")
+    per_seed = {"greedy": [], **{name: [] for name in variants}}
     floors = None
     for seed in range(args.seeds):
-        for name in ("marl", "marl_novelty"):
+        for name in variants:
             started = time.perf_counter()
             options = {}
             if floors is not None:
                 options["floors"] = dict(floors, novelty=args.novelty_floor) if name == "marl_novelty" else floors
+            if name == "marl_new_slots":
+                options["new_item_slots"] = args.new_item_slots
             algorithm = make_algorithm("multiagent", ctx["model"], ctx["user_model"], candidates=args.candidates,
                                        session_config=train_config, seed=seed, item_counts=ctx["counts"],
                                        new_items=ctx["new_items"], new_item_candidates=args.new_item_candidates,
@@ -145,7 +155,7 @@ def main(argv=None):
                            "arrival_steps": args.arrival_steps, "train_arrival_steps": args.train_arrival_steps,
                            "rl_steps": args.steps, "seeds": args.seeds,
                            "episodes": args.episodes, "candidates": args.candidates, "id_dropout": args.id_dropout,
-                           "new_item_candidates": args.new_item_candidates,
+                           "new_item_candidates": args.new_item_candidates, "new_item_slots": args.new_item_slots,
                            "floors": floors, "novelty_floor": args.novelty_floor,
                            "pretrain_val_ndcg@10": ctx["pretrain_val_ndcg@10"]},
               "policies": summary, "per_seed": per_seed,

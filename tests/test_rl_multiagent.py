@@ -286,6 +286,29 @@ def test_composition_fills_allocations_and_breaks_ties_deterministically():
     assert set(positions.numpy()[1]) == {4, 5, 2}
 
 
+def test_new_item_slots_go_to_the_best_new_candidates_and_the_facets_share_the_rest():
+    probs = tf.constant([[0.5, 0.5, 0.0, 0.0]] * 3)
+    facets = tf.constant([[0, 0, 1, 1, 3, 3]] * 3)
+    content = tf.constant([[1.0, 2.0, 5.0, 0.0, 9.0, 8.0]] * 3)
+    critic = tf.constant([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]] * 3)
+    new = tf.constant([[False, False, False, True, True, True],  # three new: the critic's best two
+                       [False, False, False, False, False, True],  # one new: it and 2 facet slots
+                       [False] * 6])  # none: the plain composition
+    for sample in (False, True):
+        positions, _ = compose_slate(probs, content, critic, facets, 3, sample=sample, seed=2,
+                                     new_candidates=new, new_item_slots=2)
+        slates = [set(row) for row in positions.numpy()]
+        assert {4, 5} <= slates[0] and len(slates[0] & {0, 1, 2}) == 1
+        assert 5 in slates[1] and len(slates[1] & {0, 1, 2, 3}) == 2
+        if not sample:  # greedy: one slot per facet
+            assert slates[1] == {1, 2, 5}
+            assert slates[2] == {0, 1, 2}  # as without new-item slots (the test above, row 0)
+    totals = allocate_slots(probs, 3, sample=False, totals=tf.constant([1, 2, 3])).numpy()
+    assert totals.sum(1).tolist() == [1, 2, 3]
+    sampled = allocate_slots(probs, 3, sample=True, seed=3, totals=tf.constant([1, 2, 3])).numpy()
+    assert sampled.sum(1).tolist() == [1, 2, 3] and sampled[:, 2:].sum() == 0
+
+
 def test_facets_cluster_item_vectors():
     rng = np.random.default_rng(0)
     centres = np.eye(3, 6) * 5
@@ -485,3 +508,29 @@ def test_value_head_computes_what_its_direct_form_does(rows):
         np.testing.assert_allclose(a.numpy(), b_.numpy(), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(head(state, items, step, base=base).numpy(),
                                head.naive_call(state, items, step, base=base).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_learner_gives_new_item_slots_to_items_its_content_agent_never_trained_on():
+    """``new_item_slots``: every slate (acting greedily or sampling, and the export's key) holds the
+    critic's best new candidates, those the Content agent does not know."""
+    model = agents_model(seed=1)
+    known = np.ones(NUM_ITEMS, bool)
+    new_items = ITEMS[[1, 5]]
+    known[new_items] = False
+    model.set_known_items(known)
+    env = FacetWorld()
+    tf.keras.utils.set_random_seed(0)
+    learner = MultiAgentLearner(env, model, FACETS, hidden_units=(16,), new_item_slots=1)
+    plain = MultiAgentLearner(env, model, FACETS, hidden_units=(16,))
+    observation = {k: tf.convert_to_tensor(v) for k, v in env.reset().observation.items()}
+    for sample in (False, True):
+        slates = ITEMS[learner.act(observation, sample=sample, seed=4)[0].numpy()]
+        assert (np.isin(slates, new_items).sum(1) >= 1).all()
+    assert not np.isin(ITEMS[plain.act(observation)[0].numpy()], new_items).any()  # they would not be shown
+    from tfmarl.export.policy import multiagent_scorer
+
+    key, _ = multiagent_scorer(learner, history_length=3)(observation["history"], observation["candidates"], None)
+    top = ITEMS[tf.math.top_k(key, K).indices.numpy()]
+    assert (np.isin(top, new_items).sum(1) >= 1).all()
+    with pytest.raises(ValueError, match="new_item_slots"):
+        MultiAgentLearner(env, model, FACETS, new_item_slots=-1)

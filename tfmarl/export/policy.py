@@ -79,8 +79,6 @@ def multiagent_scorer(learner, *, history_length: int = 20):
     last ``history_length`` items as in training. Returns (composition key, critic value): the
     export ranks and reports ``scores`` by the key (the composed slate's order) and reports the
     critic's values as ``values``."""
-    from tfmarl.rl.multiagent.composition import compose_slate
-
     facet_table = tf.constant(learner.facets.item_facet)
 
     def score(history, candidates, item_vectors):
@@ -89,8 +87,7 @@ def multiagent_scorer(learner, *, history_length: int = 20):
         observation = {"history": history, "step": tf.zeros_like(history[:, 0]), "candidates": candidates,
                        "candidate_facets": tf.gather(facet_table, candidates)}
         q_interest, proposal_q, critic_q = learner.values(observation)
-        _, key = compose_slate(learner.facet_probabilities(q_interest), proposal_q, critic_q,
-                               observation["candidate_facets"], learner.slate_size, sample=False)
+        _, key = learner.compose(learner.facet_probabilities(q_interest), proposal_q, critic_q, observation)
         return key, critic_q if critic_q is not None else proposal_q
 
     return score

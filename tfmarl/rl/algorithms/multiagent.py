@@ -21,7 +21,8 @@ class MultiAgent(Algorithm):
     default diversity ≥ ``diversity_floor`` × the greedy two-tower's slate diversity and satisfaction
     ≥ ``satisfaction_floor``), ``adaptive_reward`` (False freezes the weights), ``initial_weights``,
     ``reward_learning_rate``; ``epsilon`` (float or ``step -> float``; default linear 0.2 → 0.02
-    over 500 steps), ``replay_batch_size``, ``warmup_steps``."""
+    over 500 steps), ``replay_batch_size``, ``warmup_steps``; ``new_item_slots`` (slots of each
+    slate for the best new candidates, under catalog churn: `MultiAgentLearner`)."""
 
     def _build(self, *, facets: int = 8, domains: int = 2, use_critic: bool = True,
                num_content_agents: int | None = None, trainable_encoders: bool = False,
@@ -29,7 +30,7 @@ class MultiAgent(Algorithm):
                hidden_units=(64,), floors: dict | None = None, diversity_floor: float = 1.5,
                satisfaction_floor: float = 1.5, adaptive_reward: bool = True, initial_weights: dict | None = None,
                reward_learning_rate: float = 0.05, epsilon=None, replay_batch_size: int = 128,
-               warmup_steps: int = 20):
+               warmup_steps: int = 20, new_item_slots: int = 0):
         from tfmarl.envs.candidates import CandidateSessionEnvironment
         from tfmarl.rl.loops import linear_schedule
         from tfmarl.rl.multiagent import AdaptiveReward, MultiAgentLearner, MultiAgentTrainer, build_facets
@@ -44,7 +45,7 @@ class MultiAgent(Algorithm):
                                          num_content_agents=num_content_agents, trainable_encoders=trainable_encoders,
                                          encoder_learning_rate=encoder_learning_rate, gamma=gamma,
                                          learning_rate=learning_rate, hidden_units=hidden_units,
-                                         strategy=self.strategy)
+                                         new_item_slots=new_item_slots, strategy=self.strategy)
         initial = {k: v for k, v in (initial_weights or {}).items() if k in self.floors}
         self.reward = AdaptiveReward(self.floors, adapt=adaptive_reward, learning_rate=reward_learning_rate,
                                      initial=initial)

@@ -60,6 +60,9 @@ class MultiAgentLearner:
         (default: frozen, only the heads learn).
       learning_rate: the heads'; encoder_learning_rate: the agents' layers' when trainable.
       target_entropy: the interest policy's entropy target, as a fraction of log(F).
+      new_item_slots: slots of every slate that go to the best new candidates by the critic (items
+        the Content agent never trained on: `ContentAgent.set_known_items`), when there are any;
+        acting, training and exports alike (`compose`). Default 0: new items compete as any other.
       strategy: a `tf.distribute.Strategy` to build and train under (default: the current one).
     """
 
@@ -67,7 +70,11 @@ class MultiAgentLearner:
                  trainable_encoders: bool = False, gamma: float = 0.9, learning_rate: float = 1e-3,
                  encoder_learning_rate: float = 1e-4, hidden_units=(64,), target_update_period: int = 100,
                  gradient_clipping: float | None = 10.0, target_entropy: float = 0.7,
-                 initial_temperature: float = 1.0, strategy: tf.distribute.Strategy | None = None):
+                 initial_temperature: float = 1.0, new_item_slots: int = 0,
+                 strategy: tf.distribute.Strategy | None = None):
+        if new_item_slots < 0:
+            raise ValueError(f"new_item_slots must be >= 0, got {new_item_slots}")
+        self.new_item_slots = int(new_item_slots)
         self.facets = facets
         self.use_critic = bool(use_critic)
         self.trainable_encoders = bool(trainable_encoders)
@@ -180,9 +187,17 @@ class MultiAgentLearner:
         out = self.network.heads(state, items, observation["step"], candidates=observation["candidates"])
         content_q = self.owner_values(out["proposals"], observation["candidate_facets"])
         probs = self.facet_probabilities(out["interest"])
-        positions, _ = compose_slate(probs, content_q, out.get("critic"), observation["candidate_facets"],
-                                     self.slate_size, sample=sample, seed=seed)
+        positions, _ = self.compose(probs, content_q, out.get("critic"), observation, sample=sample, seed=seed)
         return positions, probs, state
+
+    def compose(self, facet_probs, content_q, critic_q, observation, *, sample: bool = False, seed=None):
+        """`compose_slate` of ``observation``'s candidates, with this learner's ``new_item_slots``."""
+        new = None
+        if self.new_item_slots:
+            known = self.network.content_agent.known_items
+            new = tf.gather(known, tf.cast(observation["candidates"], tf.int32)) < 0.5
+        return compose_slate(facet_probs, content_q, critic_q, observation["candidate_facets"], self.slate_size,
+                             sample=sample, seed=seed, new_candidates=new, new_item_slots=self.new_item_slots)
 
     # --- training ----------------------------------------------------------------------------
     def _domain_masks(self, candidate_facets):
