@@ -46,6 +46,7 @@ TINY = {
     ({"rl": {"candidates": 5000}}, "rl.candidates: 5000 is more than the catalog's 1000 items"),
     ({"rl": {"candidates": 8}, "export": {"k": 5}}, "simulator.session.slate_size: 10 is more than rl.candidates=8"),
     ({"data": {"new_items": {"fraction": 1.0}}}, "data.new_items.fraction: must be in [0, 1)"),
+    ({"rl": {"multiagent": {"new_item_slots": -1}}}, "rl.multiagent.new_item_slots: must be >= 0"),
     ({"data": {"new_items": {"how": "oldest"}}}, "data.new_items.how: 'oldest' is not allowed"),
     ({"data": {"new_items": {"fraction": 0.1}}, "simulator": {"session": {"new_item_fraction": 0.1}}},
      "simulator.session.new_item_fraction: the simulator would pick its own new items"),
@@ -322,7 +323,7 @@ def test_pipeline_with_catalog_churn_holds_new_items_out_and_reports_their_click
     config = dict(TINY, run_dir=str(tmp_path / "run"), export={"dir": str(tmp_path / "models")})
     config["data"] = dict(TINY["data"], new_items={"fraction": 0.2, "how": "random"})
     config["simulator"] = {"dim": 4, "session": dict(TINY["simulator"]["session"], new_item_arrival_steps=4)}
-    config["rl"] = dict(TINY["rl"], new_item_candidates=3)
+    config["rl"] = dict(TINY["rl"], new_item_candidates=3, multiagent=dict(TINY["rl"]["multiagent"], new_item_slots=1))
     config["evaluate"] = dict(TINY["evaluate"], episodes=64)
     path = tmp_path / "churn.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -338,7 +339,8 @@ def test_pipeline_with_catalog_churn_holds_new_items_out_and_reports_their_click
     from tfmarl.cli.pipeline import Pipeline
 
     pipeline = Pipeline(load_config(path), progress=False)
-    state = pipeline.run(stages=("pretrain",))  # loads the finished stages
+    state = pipeline.run(stages=("rl",))  # loads the finished stages
+    assert state["algorithm"].learner.new_item_slots == 1
     new = state["new_items"]
     assert len(new) == 12 and state["counts"][new].sum() == 0
     known = state["model"].content_agent.known_items.numpy()

@@ -123,6 +123,7 @@ class MultiAgentConfig:
     learning_rate: float = 0.001
     trainable_encoders: bool = False  # fine-tune the pretrained agents' layers end to end in RL
     encoder_learning_rate: float = 0.0001
+    new_item_slots: int = 0  # slate slots for the critic's best new candidates (data.new_items)
 
 
 @dataclasses.dataclass
@@ -302,7 +303,7 @@ def _check_values(config, where):
             raise ConfigError(f"{path}: must be in [0, 1), got {value}")
         if f.name in ("gamma", "epsilon_start", "epsilon_end") and not 0 <= value <= 1:
             raise ConfigError(f"{path}: must be in [0, 1], got {value}")
-        if (f.name.endswith("_floor") or f.name == "new_item_candidates") and value < 0:
+        if (f.name.endswith("_floor") or f.name in ("new_item_candidates", "new_item_slots")) and value < 0:
             raise ConfigError(f"{path}: must be >= 0, got {value}")
     if isinstance(config, IndexConfig):
         for key in ("partitions", "probes", "rerank"):

@@ -67,6 +67,7 @@ class MultiAgent(Algorithm):
                 "trainable_encoders": ma.trainable_encoders, "encoder_learning_rate": ma.encoder_learning_rate,
                 "adaptive_reward": ma.adaptive_reward, "diversity_floor": ma.diversity_floor,
                 "satisfaction_floor": ma.satisfaction_floor, "gamma": ma.gamma, "learning_rate": ma.learning_rate,
+                "new_item_slots": ma.new_item_slots,
                 "epsilon": linear_schedule(rl.epsilon_start, rl.epsilon_end, max(rl.steps // 3, 1))}
 
     def greedy_diversity(self, steps: int = 30) -> float:
