@@ -92,6 +92,18 @@ def test_single_replica_families_refuse_a_multi_replica_strategy(rl_world, mirro
         build(rl_world, "dqn", strategy=mirrored)
 
 
+def test_multiagent_outside_a_strategy_trains_without_strategy_run(trained, mirrored):
+    """`make_algorithm` hands the learner the default strategy outside any scope: that is no
+    distribution (so its step functions may compile with XLA), a real one is."""
+    assert not trained["multiagent"][0].learner.distributed
+    from tfmarl.rl.multiagent import MultiAgentLearner
+
+    learner = trained["multiagent"][0].learner
+    with mirrored.scope():
+        assert MultiAgentLearner(trained["multiagent"][0].env, trained["multiagent"][0].model, learner.facets,
+                                 hidden_units=(8,)).distributed
+
+
 @pytest.mark.slow
 def test_multiagent_trains_under_mirrored(rl_world, mirrored):
     algorithm = build(rl_world, "multiagent", strategy=mirrored)

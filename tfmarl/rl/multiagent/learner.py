@@ -95,8 +95,10 @@ class MultiAgentLearner:
             raise ValueError(f"the environment shows {history_length} history items but the transformer User agent "
                              f"covers max_length={model.user_agent.max_length}: lower SessionConfig.history_length")
         observation_spec = tensor_spec.from_spec(env.observation_spec())
-        self._distributed = strategy is not None or tf.distribute.has_strategy()
         self.strategy = strategy or tf.distribute.get_strategy()
+        # Under a non-default strategy (passed in, or the current scope's) the step runs through
+        # strategy.run; the default one (what `make_algorithm` passes outside any scope) is none.
+        self._distributed = tf.distribute.has_strategy() or self.strategy is not tf.distribute.get_strategy()
         with self.strategy.scope():
             self.network = MultiAgentNetwork(
                 observation_spec, model.user_agent.get_config(), model.content_agent.get_config(),
