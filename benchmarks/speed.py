@@ -297,7 +297,7 @@ def main() -> int:
             elif part == "returns":
                 result["returns_within_ci"] = {
                     kind: abs(new[kind]["mean"] - old[kind]["mean"]) <= max(new[kind]["ci95"], old[kind]["ci95"])
-                    for kind in RL_PARTS}
+                    for kind in args.return_kinds.split(",")}
             elif part == "pretrain":
                 result["pretrain_speedup"] = round(new["targets_per_second"] / old["targets_per_second"], 2)
                 result["pretrain_speedup_cpu"] = round(new["targets_per_cpu_second"] / old["targets_per_cpu_second"], 2)

@@ -276,8 +276,11 @@ def test_learner_under_mirrored_matches_one_device(rl_world, mirrored):
     two = DistributedLearner(replicated, dataset_fn, mirrored, steps_per_call=3).run(3)
     assert two.steps == 3 and int(counter.numpy()) == 3  # counted once per step, not per replica
     np.testing.assert_allclose(two.losses, one.losses, rtol=1e-5)
+    # atol 1e-5: the attention's key bias has an exactly zero gradient (softmax ignores a shift
+    # shared by all keys), so its entries hold round-off alone (~1e-6), which differs between one
+    # device and two half batches; real updates after 3 steps are ~1e-3.
     for a, b in zip(single_q.get_weights(), replicated_q.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 # --- MultiWorkerMirrored: two worker processes ------------------------------------------------------
