@@ -160,12 +160,18 @@ def history_window(indices, max_length: int, width: int | None = None):
     return window if width is None else window[:, :width]
 
 
+def last_position(mask):
+    """(index int [B] of each row's last real position in a right-padded ``mask`` [B, L], 0 for a
+    row without one; has_any bool [B])."""
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    return tf.maximum(lengths - 1, 0), lengths > 0
+
+
 def last_valid(sequence, mask):
     """Gathers, per row, the vector at the last True position of ``mask``.
 
     Returns (vectors [B, D], has_any [B] bool); rows without a True position give row 0's vector
     at position 0, so callers must substitute where ``has_any`` is False.
     """
-    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
-    index = tf.maximum(lengths - 1, 0)
-    return tf.gather(sequence, index, batch_dims=1), lengths > 0
+    index, has_any = last_position(mask)
+    return tf.gather(sequence, index, batch_dims=1), has_any

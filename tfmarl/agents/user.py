@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfmarl.agents.blocks import (TransformerBlock, causal_attention_bias, last_valid, serializable)
+from tfmarl.agents.blocks import (TransformerBlock, causal_attention_bias, last_position, last_valid,
+                                 serializable)
 from tfmarl.agents.blocks import embedding_initializer as _init
 
 ENCODERS = ("transformer", "gru", "lstm")
@@ -85,12 +86,11 @@ class UserAgent(tf.keras.layers.Layer):
             x = self.input_dropout(x, training=training)
             bias = causal_attention_bias(mask)
             if not return_sequences:  # only the last real position is read: the last block computes just it
-                lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+                index, has_any = last_position(mask)
                 for block in self.blocks[:-1]:
                     x = block(x, bias, training=training)
-                last = self.output_norm(self.blocks[-1].call_at(x, bias, tf.maximum(lengths - 1, 0)[:, None],
-                                                                training=training))[:, 0]
-                return tf.where((lengths > 0)[:, None], last, self.cold_start[None, :])
+                last = self.output_norm(self.blocks[-1].call_at(x, bias, index[:, None], training=training))[:, 0]
+                return tf.where(has_any[:, None], last, self.cold_start[None, :])
             for block in self.blocks:
                 x = block(x, bias, training=training)
             states = self.output_norm(x)

@@ -21,10 +21,10 @@ def allocate_slots(facet_probs, k: int, sample: bool, seed=None, totals=None):
         if totals is not None:  # each row keeps its first totals[b] draws
             counted *= tf.cast(tf.range(k)[None, :] < totals[:, None], tf.int32)[..., None]
         return tf.reduce_sum(counted, axis=1)
-    total = float(k) if totals is None else tf.cast(totals, facet_probs.dtype)[:, None]
-    share = facet_probs * total
+    limit = k if totals is None else totals[:, None]
+    share = facet_probs * tf.cast(limit, facet_probs.dtype)
     base = tf.cast(tf.floor(share), tf.int32)
-    extra = (k if totals is None else totals[:, None]) - tf.reduce_sum(base, axis=1, keepdims=True)
+    extra = limit - tf.reduce_sum(base, axis=1, keepdims=True)
     order = tf.argsort(tf.argsort(-(share - tf.floor(share)), axis=1, stable=True), axis=1, stable=True)
     return base + tf.cast(order < extra, tf.int32)
 
@@ -62,6 +62,6 @@ def compose_slate(facet_probs, content_q, critic_q, candidate_facets, k: int, *,
     better = (content_q[:, None, :] > content_q[:, :, None]) | (
         tf.equal(content_q[:, None, :], content_q[:, :, None]) & (index[None, None, :] < index[None, :, None]))
     rank = tf.reduce_sum(tf.cast(same & better, tf.int32), axis=-1)  # rank within own facet
-    selected = fresh | (~fresh & (rank < tf.gather(quota, facets, batch_dims=1)))
+    selected = fresh | (rank < tf.gather(quota, facets, batch_dims=1))  # ranks exclude the fresh ones
     key = tf.where(selected, SELECTED, 0.0) + tf.tanh(order_value / 100.0)  # tanh < 1: selection dominates
     return tf.math.top_k(key, k=k).indices, key

@@ -187,7 +187,7 @@ class MultiAgentTrainer:
         self.replay.add_batch(transitions)  # its graph-mode result is an op, which tf.function cannot return
 
     def _add_then(self, transitions, train) -> dict:
-        self.replay.add_batch(transitions)  # automatic control dependencies: sampled after the add
+        self._add_to_replay(transitions)  # automatic control dependencies: sampled after the add
         return train(self.sample())
 
     def add_transitions(self, transitions: dict) -> None:
