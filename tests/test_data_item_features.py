@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from tfmarl.agents import ContentAgent
 from tfmarl.data.interactions import Interactions
-from tfmarl.data.item_features import ItemFeatures, build_item_features, tokenize_texts, tokenizer_vocabulary
+from tfmarl.data.item_features import ItemFeatures, build_item_features
+from tfmarl.data.tokenize import tokenize_texts, tokenizer_vocabulary
 from tfmarl.data.text import build_tiny_text_preset, embed_item_texts, embed_texts
 from tfmarl.data.vocab import Vocabulary
 

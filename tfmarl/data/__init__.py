@@ -24,7 +24,7 @@ _LAZY = {
     "generate_synthetic": "tfmarl.data.synthetic",
     "ItemFeatures": "tfmarl.data.item_features",
     "build_item_features": "tfmarl.data.item_features",
-    "tokenize_texts": "tfmarl.data.item_features",
+    "tokenize_texts": "tfmarl.data.tokenize",
     "embed_texts": "tfmarl.data.text",
     "embed_item_texts": "tfmarl.data.text",
     "build_tiny_text_preset": "tfmarl.data.text",

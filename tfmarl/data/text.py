@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfmarl.data.item_features import PAD_TOKEN, UNK_TOKEN, _rows_in_item_table
+from tfmarl.data.item_features import _rows_in_item_table
+from tfmarl.data.tokenize import PAD_TOKEN, UNK_TOKEN
 
 POOLINGS = ("mean", "cls")
 BERT_RESERVED_TOKENS = [PAD_TOKEN, UNK_TOKEN, "[CLS]", "[SEP]", "[MASK]"]
