@@ -8,9 +8,11 @@ interaction with them is removed from training; the test targets are the cold it
 on to have, ranked after the user's warm history, against the whole catalog (`all_catalog`) and
 against the cold items only (`cold_only`). Models:
 
-  content_agent          transformer + ContentAgent: categories, title tokens, the release year
-                         (numeric) and the knowledge graph (genre, decade on MovieLens), id
-                         dropout; new items have no id part
+  content_agent          transformer + ContentAgent: categories, title words (whole words in two
+                         or more titles), the release year (numeric) and the knowledge graph
+                         (genre, decade on MovieLens), id dropout; new items have no id part
+  content_agent_word_piece  the same with titles as learnt WordPiece pieces (on 1,682 titles
+                         mostly single characters), the library's default title vocabulary
   content_agent_no_kg    the same without the knowledge graph
   content_agent_no_text  the same without title tokens
   lightfm                LightFM (WARP) with the same item features (categories, title tokens,
@@ -30,6 +32,9 @@ Cold users (`tfmarl.data.cold_user_split`, ML-100k): 10% of users never trained 
 instance per history-length bucket (1, 2-5, 6-20, >20) — the transformer vs train popularity.
 
 Differences between models are paired-bootstrap 95% intervals over test users (`paired_bootstrap`).
+Training variance is not in those: on ML-100k, content_agent and LightFM are retrained with each of
+``--seeds`` on the same splits (`seed_replicates`: per-seed values, their mean and a t interval over
+seeds, of each model and of their difference).
 Also reported: each Content agent's warm leave-one-out NDCG@10 next to the plain id-only
 transformer's, so a cold-start gain is not bought with the warm ranking.
 """
@@ -67,8 +72,9 @@ def paired_bootstrap(a, b, *, samples: int = BOOTSTRAP, seed: int = 0) -> dict:
             "significant": bool(low > 0 or high < 0)}
 
 
-def features_for(interactions, vocab, *, text=True, knowledge=True, numeric=False):
-    """Item features; ``numeric``: the release year (from MovieLens titles) as a numeric attribute."""
+def features_for(interactions, vocab, *, text=True, knowledge=True, numeric=False, title_vocabulary="words"):
+    """Item features; ``numeric``: the release year (from MovieLens titles) as a numeric attribute;
+    titles as whole words (``title_vocabulary="words"``) or learnt word pieces ("word_piece")."""
     import pandas as pd
 
     from tfmarl.data import build_item_features
@@ -79,7 +85,7 @@ def features_for(interactions, vocab, *, text=True, knowledge=True, numeric=Fals
         years = pd.DataFrame({"release_year": [release_year(t) for t in interactions.items["title"]]},
                              index=interactions.items.index, dtype=float)
     return build_item_features(interactions, vocab, titles=text, knowledge=knowledge, text_vocabulary_size=1000,
-                               numeric=years)
+                               title_vocabulary=title_vocabulary, numeric=years)
 
 
 def train_content_agent(split, vocab, features, *, seed, cold_items, epochs, id_dropout=ID_DROPOUT):
@@ -217,6 +223,52 @@ def run_cold_items(name, sequences, vocab, args, *, variants, peers=True):
     return out
 
 
+# Two-sided 95% Student t quantiles by degrees of freedom (seed-level intervals over a few seeds).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def seed_interval(values) -> dict:
+    """Mean of per-seed values with its 95% t interval over the seeds (training variance, which
+    the per-user bootstrap of one run does not see)."""
+    values = np.asarray(values, np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return {"mean": mean, "ci95": None, "seeds": len(values)}
+    half = T95.get(len(values) - 1, 1.96) * float(values.std(ddof=1)) / np.sqrt(len(values))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "seeds": len(values),
+            "significant": bool(mean - half > 0 or mean + half < 0)}
+
+
+def run_seed_replicates(sequences, vocab, args, features, first: dict) -> dict:
+    """The headline pair (content_agent vs LightFM, same features) retrained with each of
+    ``--seeds`` on the same cold-item splits; ``first`` holds the main run's rows by split."""
+    from tfmarl.data import cold_item_split
+
+    seeds = [args.seed] + [int(x) for x in args.seeds.split(",") if x.strip() and int(x) != args.seed]
+    out = {}
+    for how in args.splits.split(","):
+        split = cold_item_split(sequences, FRACTION, how=how, seed=args.seed)
+        rows = {"content_agent": [first[how]["models"]["content_agent"]],
+                "lightfm": [first[how]["models"].get("lightfm", {})]}
+        for seed in seeds[1:]:
+            model, _ = train_content_agent(split, vocab, features, seed=seed, cold_items=split.cold_items,
+                                           epochs=args.epochs, id_dropout=args.id_dropout)
+            rows["content_agent"].append(cold_metrics(model, split, warm=False)[0])
+            ranker = lightfm_model(split, vocab, features, seed=seed, epochs=args.lightfm_epochs)
+            rows["lightfm"].append(cold_metrics(ranker, split, warm=False)[0] if ranker is not None else {})
+            print(f"ml100k/{how}/seed {seed}: content_agent {rows['content_agent'][-1]['cold_ndcg@10']:.4f} "
+                  f"lightfm {rows['lightfm'][-1].get('cold_ndcg@10', float('nan')):.4f}", file=sys.stderr)
+        entry = {"training_seeds": seeds, "split_seed": args.seed}
+        for ranking in ("all_catalog", "cold_only"):
+            per_model = {name: [r[ranking]["ndcg@10"] for r in found if ranking in r] for name, found in rows.items()}
+            entry[ranking] = {name: {"ndcg@10": values, **seed_interval(values)} for name, values in per_model.items()}
+            if len(per_model["lightfm"]) == len(seeds):
+                entry[ranking]["content_agent-lightfm"] = seed_interval(
+                    np.subtract(per_model["content_agent"], per_model["lightfm"]))
+        out[how] = entry
+    return out
+
+
 def run_warm_reference(sequences, vocab, args):
     """The plain id-only transformer's warm leave-one-out NDCG@10 (the ranking benchmark's model)."""
     from tfmarl.data import leave_one_out
@@ -259,6 +311,8 @@ def main(argv=None):
     parser.add_argument("--variants", default=None, help="comma-separated Content agent variants (default: all)")
     parser.add_argument("--splits", default="random,newest")
     parser.add_argument("--id-dropout", type=float, default=ID_DROPOUT)
+    parser.add_argument("--seeds", default="1,2",
+                        help="more training seeds for the ML-100k content_agent vs LightFM comparison ('' for none)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
 
@@ -274,6 +328,7 @@ def main(argv=None):
     if "ml100k" in parts:
         variants = {
             "content_agent": features_for(movielens, ml_vocab, numeric=True),
+            "content_agent_word_piece": features_for(movielens, ml_vocab, numeric=True, title_vocabulary="word_piece"),
             "content_agent_no_kg": features_for(movielens, ml_vocab, knowledge=False, numeric=True),
             "content_agent_no_text": features_for(movielens, ml_vocab, text=False, numeric=True),
         }
@@ -284,6 +339,9 @@ def main(argv=None):
             row = ml["random"]["models"].get(model, {})
             if "cold_ndcg@10" in row:
                 result["ml100k"][model] = {"cold_ndcg@10": row["cold_ndcg@10"], "cold_hr@10": row["all_catalog"]["hr@10"]}
+        if args.seeds.strip() and all("content_agent" in ml[how]["models"] for how in ml):
+            result["ml100k"]["seed_replicates"] = run_seed_replicates(ml_sequences, ml_vocab, args,
+                                                                      variants["content_agent"], ml)
     if "warm" in parts:
         result.setdefault("ml100k", {})["warm_reference_id_only"] = run_warm_reference(ml_sequences, ml_vocab, args)
     if "synthetic" in parts:

@@ -308,6 +308,8 @@ def test_cold_start_and_churn_keys_are_checked():
                          ({"pretrain": {"knowledge_hops": 3}}, "pretrain.knowledge_hops"),
                          ({"rl": {"new_item_candidates": -1}}, "rl.new_item_candidates"),
                          ({"data": {"features": {"max_neighbours": 0}}}, "data.features.max_neighbours"),
+                         ({"data": {"features": {"title_vocabulary": "chars"}}}, "data.features.title_vocabulary"),
+                         ({"data": {"features": {"min_word_count": 0}}}, "data.features.min_word_count"),
                          ({"rl": {"dqn": {"dueling": True}}}, "rl.dqn")):
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             config_from_dict(bad)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tfmarl.agents import ContentAgent
 from tfmarl.data.interactions import Interactions
 from tfmarl.data.item_features import ItemFeatures, build_item_features
-from tfmarl.data.tokenize import tokenize_texts, tokenizer_vocabulary
+from tfmarl.data.tokenize import learn_word_tokenizer, tokenize_texts, tokenizer_vocabulary
 from tfmarl.data.text import build_tiny_text_preset, embed_item_texts, embed_texts
 from tfmarl.data.vocab import Vocabulary
 
@@ -130,6 +130,31 @@ def test_external_tokenizer_is_used_and_padded_to_title_length(data):
 
     dense = keras_hub.tokenizers.WordPieceTokenizer(vocabulary=words, lowercase=True, sequence_length=2)
     assert tokenize_texts(["same title same", ""], dense, 3).tolist() == [[2, 3, 0], [0, 0, 0]]
+
+
+def test_word_vocabulary_keeps_whole_words_shared_by_titles(data):
+    interactions, vocab, _ = data
+    features = build_item_features(interactions, vocab, title_length=TITLE_LENGTH, title_vocabulary="words")
+    vocabulary = features.text_vocabulary
+    assert vocabulary[:2] == ["[PAD]", "[UNK]"]
+    # Every WORD is in 3+ titles; numbers (m-k's "k"), "Many" (one title) and LONG_TITLE's words
+    # (one title) are not kept; "same" / "title" are in the twins' two titles.
+    assert set(vocabulary[2:]) == set(WORDS) | {"same", "title"}
+    tokens = features.title_tokens
+    assert 1 not in tokens  # unknown words are left out, not a shared [UNK] feature
+    assert [vocabulary[t] for t in tokens[row(vocab, "m1")] if t] == ["bravo", "delta"]  # "1" dropped
+    assert [vocabulary[t] for t in tokens[row(vocab, "text_only")] if t] == ["hotel", "golf"]
+    assert not tokens[row(vocab, "long")].any() and not tokens[row(vocab, "many_cats")].any()
+    kwargs = features.content_agent_kwargs()
+    assert kwargs["text_vocabulary_size"] == len(vocabulary) and kwargs["title_length"] == TITLE_LENGTH
+    # Skipped words free their slots before the cut to the title length.
+    tokenizer = learn_word_tokenizer(["x a 1 2 3 b", "a b", "c"], min_count=2)
+    assert tokenize_texts(["x a 1 2 3 b"], tokenizer, 2, skip_ids=[tokenizer.token_to_id("[UNK]")]).tolist() == \
+        [[tokenizer_vocabulary(tokenizer).index("a"), tokenizer_vocabulary(tokenizer).index("b")]]
+    with pytest.raises(ValueError, match="title_vocabulary"):
+        build_item_features(interactions, vocab, title_vocabulary="characters")
+    with pytest.raises(ValueError, match="lower min_count"):
+        learn_word_tokenizer(["one", "two"], min_count=2)
 
 
 def test_tokenizer_without_padding_at_index_zero_gets_shifted():

@@ -57,6 +57,8 @@ class FeaturesConfig:
     titles: bool = True
     title_length: int = 8
     text_vocabulary_size: int = 500
+    title_vocabulary: str = "word_piece"  # or "words": whole words in >= min_word_count titles
+    min_word_count: int = 2
     text_preset: typing.Optional[str] = None  # a keras-hub preset directory for text embeddings
     knowledge: bool = True  # use the data's knowledge graph (MovieLens: genres, decades, tags)
     knowledge_graph: typing.Optional[str] = None  # a triples file (item_id, relation, entity) instead
@@ -288,7 +290,7 @@ def _convert(hint, field, value, path):
 
 _POSITIVE = {"n_users", "n_items", "n_categories", "interactions_per_user", "title_length", "dim", "max_length",
              "num_layers", "num_heads", "epochs", "batch_size", "candidates", "steps", "episodes", "k", "facets",
-             "domains", "num_negatives", "text_vocabulary_size", "max_neighbours"}
+             "domains", "num_negatives", "text_vocabulary_size", "max_neighbours", "min_word_count"}
 
 
 def _check_values(config, where):
@@ -305,6 +307,9 @@ def _check_values(config, where):
             raise ConfigError(f"{path}: must be in [0, 1], got {value}")
         if (f.name.endswith("_floor") or f.name in ("new_item_candidates", "new_item_slots")) and value < 0:
             raise ConfigError(f"{path}: must be >= 0, got {value}")
+    if isinstance(config, FeaturesConfig) and config.title_vocabulary not in ("word_piece", "words"):
+        raise ConfigError(f"{where}.title_vocabulary: must be 'word_piece' or 'words', "
+                          f"got {config.title_vocabulary!r}")
     if isinstance(config, IndexConfig):
         for key in ("partitions", "probes", "rerank"):
             value = getattr(config, key)

@@ -144,6 +144,7 @@ class Pipeline:
                 knowledge = load_knowledge_graph(f.knowledge_graph)
             features = build_item_features(interactions, vocab, categories=f.categories, titles=f.titles,
                                            title_length=f.title_length, text_vocabulary_size=f.text_vocabulary_size,
+                                           title_vocabulary=f.title_vocabulary, min_word_count=f.min_word_count,
                                            knowledge=knowledge, max_neighbours=f.max_neighbours)
             if f.text_preset:
                 from tfmarl.data import embed_item_texts

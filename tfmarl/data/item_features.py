@@ -18,8 +18,8 @@ import pathlib
 import numpy as np
 
 from tfmarl.atomic import atomic_savez, atomic_write_text
-from tfmarl.data.tokenize import (PAD_TOKEN, UNK_TOKEN, learn_word_piece_tokenizer, tokenize_texts,
-                                  tokenizer_vocabulary)
+from tfmarl.data.tokenize import (PAD_TOKEN, UNK_TOKEN, learn_word_piece_tokenizer, learn_word_tokenizer,
+                                  tokenize_texts, tokenizer_vocabulary)
 
 
 _ARRAYS_FILE = "item_features.npz"
@@ -273,7 +273,8 @@ class ItemFeatures:
 
 def build_item_features(interactions, item_vocab, *, categories: bool = True, titles: bool = True,
                         title_length: int = 16, max_categories: int = 4,
-                        text_vocabulary_size: int = 2000, tokenizer=None, knowledge=True,
+                        text_vocabulary_size: int = 2000, title_vocabulary: str = "word_piece",
+                        min_word_count: int = 2, tokenizer=None, knowledge=True,
                         max_neighbours: int = 16, numeric=None, seed: int = 0) -> ItemFeatures:
     """Builds category and title-token tables aligned with ``item_vocab`` indices.
 
@@ -294,6 +295,10 @@ def build_item_features(interactions, item_vocab, *, categories: bool = True, ti
         The learner (keras-hub's ``compute_word_piece_vocabulary``) keeps only pieces seen about
         10 times or more, so a small catalog gets mostly single-character pieces and titles are
         cut at ``title_length`` characters, roughly.
+      title_vocabulary: the vocabulary learnt when no ``tokenizer`` is given: ``"word_piece"``
+        (sub-word pieces, `learn_word_piece_tokenizer`) or ``"words"``: whole words found in at
+        least ``min_word_count`` texts, other words left out (`learn_word_tokenizer`). On
+        ML-100k's titles words are the better features for new items (benchmarks/cold_start.py).
       tokenizer: optional keras-hub tokenizer to use instead of learning one (e.g.
         ``keras_hub.tokenizers.Tokenizer.from_preset(dir)``); see `tokenize_texts` for how its
         ids and padding are mapped.
@@ -313,6 +318,8 @@ def build_item_features(interactions, item_vocab, *, categories: bool = True, ti
     if title_length < 1 or max_categories < 1:
         raise ValueError(f"title_length and max_categories must be >= 1, got {title_length}, "
                          f"{max_categories}")
+    if title_vocabulary not in ("word_piece", "words"):
+        raise ValueError(f"title_vocabulary must be 'word_piece' or 'words', got {title_vocabulary!r}")
     features = {}
     graph = interactions.knowledge if knowledge is True else (knowledge or None)
     if graph is not None:
@@ -334,7 +341,7 @@ def build_item_features(interactions, item_vocab, *, categories: bool = True, ti
         texts = [_item_text(title, text) for title, text in zip(present["title"], present["text"])]
         if any(texts):
             table, vocabulary = _title_table(texts, rows, item_vocab.size, title_length,
-                                             text_vocabulary_size, tokenizer)
+                                             text_vocabulary_size, tokenizer, title_vocabulary, min_word_count)
             features["title_tokens"], features["text_vocabulary"] = table, vocabulary
     return ItemFeatures(**features)
 
@@ -393,13 +400,19 @@ def _item_text(title, text) -> str:
     return title.strip() or text.strip()
 
 
-def _title_table(texts, rows, num_items, title_length, text_vocabulary_size, tokenizer):
+def _title_table(texts, rows, num_items, title_length, text_vocabulary_size, tokenizer, title_vocabulary,
+                 min_word_count):
     """(int32 [num_items, title_length] table, vocabulary) for the texts of ``rows``."""
+    skip = ()
     if tokenizer is None:
-        tokenizer = learn_word_piece_tokenizer(texts, text_vocabulary_size, title_length)
+        if title_vocabulary == "words":
+            tokenizer = learn_word_tokenizer(texts, min_word_count)
+            skip = (tokenizer.token_to_id(UNK_TOKEN),)  # a word without an embedding is no feature
+        else:
+            tokenizer = learn_word_piece_tokenizer(texts, text_vocabulary_size, title_length)
     vocabulary = tokenizer_vocabulary(tokenizer)
     table = np.zeros((num_items, title_length), np.int32)
-    table[rows] = tokenize_texts(texts, tokenizer, title_length)
+    table[rows] = tokenize_texts(texts, tokenizer, title_length, skip_ids=skip)
     return table, vocabulary
 
 

@@ -17,7 +17,8 @@ UNK_TOKEN = "[UNK]"
 _PADDING_NAMES = frozenset({"[PAD]", "[pad]", "<pad>", "<PAD>", "", "<|pad|>"})
 
 
-def tokenize_texts(texts: Sequence[str], tokenizer, length: int, batch_size: int = 1024) -> np.ndarray:
+def tokenize_texts(texts: Sequence[str], tokenizer, length: int, batch_size: int = 1024,
+                   skip_ids: Sequence[int] = ()) -> np.ndarray:
     """Tokenizes ``texts`` in a tf.data pipeline -> int32 [len(texts), length], 0 = padding.
 
     ``tokenizer`` is a keras-hub tokenizer (Keras 3 preprocessing layer, mapped over batches of
@@ -31,6 +32,8 @@ def tokenize_texts(texts: Sequence[str], tokenizer, length: int, batch_size: int
     every real token id is shifted up by one, to free 0 for padding. A dense output's padding
     positions are recognised by value (0, or ``pad_token_id``), so tokens with those ids are
     dropped; a tokenizer without ``sequence_length`` (ragged output) keeps every token.
+    ``skip_ids`` (the tokenizer's own ids) are left out before the rows are cut to ``length``
+    (with ragged output), e.g. the unknown-word id of `learn_word_tokenizer`'s vocabulary.
     """
     import tensorflow as tf
 
@@ -46,6 +49,11 @@ def tokenize_texts(texts: Sequence[str], tokenizer, length: int, batch_size: int
         if ids.dtype == tf.string:
             raise ValueError("the tokenizer returns strings; give it an integer dtype")
         ids = tf.cast(ids, tf.int32)
+        for skipped in skip_ids:
+            if isinstance(ids, tf.RaggedTensor):
+                ids = tf.ragged.boolean_mask(ids, ids != skipped)
+            else:  # a dense row keeps its width: the skipped token's place becomes padding
+                ids = tf.where(ids == skipped, pad_id or 0, ids)
         if isinstance(ids, tf.RaggedTensor):
             # Ragged: lengths are exact, so every value is a real token.
             ids = (ids + shift).to_tensor(default_value=0, shape=[None, length])
@@ -83,6 +91,34 @@ def learn_word_piece_tokenizer(texts, vocabulary_size, sequence_length):
         dataset.batch(1024), vocabulary_size, reserved_tokens=[PAD_TOKEN, UNK_TOKEN], lowercase=True)
     return keras_hub.tokenizers.WordPieceTokenizer(
         vocabulary=vocabulary, sequence_length=sequence_length, lowercase=True, oov_token=UNK_TOKEN)
+
+
+def learn_word_tokenizer(texts, min_count: int = 2):
+    """A lowercasing keras-hub WordPieceTokenizer whose vocabulary is the whole words that occur in
+    at least ``min_count`` of ``texts`` ("[PAD]" and "[UNK]" first, then the words by decreasing
+    count): one id per word, no sub-word pieces. Its output is ragged; a word outside the
+    vocabulary (a number, punctuation, a rare word) is "[UNK]", which `tokenize_texts` can skip.
+
+    For short texts of a small catalog (film titles) where `learn_word_piece_tokenizer` keeps
+    mostly single characters (its pieces need about 10 occurrences): a word shared by two titles
+    ("star", "trek", "wallace") is then one feature, as in LightFM's bag of words.
+    """
+    import collections
+    import re
+
+    import keras_hub
+
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    # Words as the tokenizer splits them (whitespace and punctuation), letters only: numbers such
+    # as release years are better given as numeric attributes.
+    counts = collections.Counter(word for text in texts if text
+                                 for word in set(re.findall(r"[^\W\d_]+", str(text).lower())))
+    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    if not words:
+        raise ValueError(f"no word occurs in {min_count} or more of the {len(texts)} texts: lower min_count")
+    return keras_hub.tokenizers.WordPieceTokenizer(vocabulary=[PAD_TOKEN, UNK_TOKEN, *words], lowercase=True,
+                                                   oov_token=UNK_TOKEN)
 
 
 # --- helpers ---------------------------------------------------------------------------------
