@@ -25,6 +25,7 @@ _LAZY = {
     "ItemFeatures": "tfmarl.data.item_features",
     "build_item_features": "tfmarl.data.item_features",
     "tokenize_texts": "tfmarl.data.tokenize",
+    "learn_word_tokenizer": "tfmarl.data.tokenize",
     "embed_texts": "tfmarl.data.text",
     "embed_item_texts": "tfmarl.data.text",
     "build_tiny_text_preset": "tfmarl.data.text",
