@@ -136,6 +136,8 @@ def test_id_dropout_drops_the_id_part_only_while_training():
     dropped = np.all(trained == 0.5, axis=1)
     assert 0.45 < dropped.mean() < 0.55
     np.testing.assert_allclose(trained[~dropped], agent.id_embeddings.numpy()[3][None].repeat((~dropped).sum(), 0))
+    kept = agent(ids, training=True, drop_ids=False).numpy()  # how the recommender reads histories
+    np.testing.assert_allclose(kept, np.tile(agent.id_embeddings.numpy()[3], (4000, 1)), atol=1e-7)
     with pytest.raises(ValueError, match="id_dropout"):
         ContentAgent(N, id_dropout=1.0)
 
@@ -209,6 +211,27 @@ def test_recommender_trains_without_new_items_and_ranks_them():
     np.testing.assert_allclose(tf.convert_to_tensor(grads).numpy()[N - 1], 0.0, atol=1e-9)
     scores = model.score_catalog(tf.constant([[2, 3]])).numpy()
     assert np.isfinite(scores[0, N - 1])  # the new item is ranked like any other
+
+
+def test_id_dropout_acts_on_the_scored_catalog_not_on_the_history():
+    content = ContentAgent(N, dim=D, num_categories=3, max_categories=1, id_dropout=0.9)
+    categories = np.zeros((N, 1), np.int32)
+    categories[2:] = ((np.arange(2, N) % 2) + 1)[:, None]
+    content.set_item_features({"categories": categories})
+    model = SequentialRecommender(N, dim=D, max_length=4, num_layers=1, content_agent=content, dropout=0.0)
+    model.build_all()
+    seen = {}
+    history_states, summed_loss = model.history_states, model._summed_loss
+    model.history_states = lambda history, items, training: seen.setdefault("history", items) is not None and \
+        history_states(history, items, training)
+    model._summed_loss = lambda queries, positives, items: seen.setdefault("scored", items) is not None and \
+        summed_loss(queries, positives, items)
+    batch = {"history": tf.constant([[2, 3, 4, 0]]), "targets": tf.constant([[3, 4, 5, 0]]),
+             "target_weights": tf.constant([[1.0, 1.0, 1.0, 0.0]]), "first_item": tf.constant([2])}
+    model.compute_loss(batch, training=True)
+    np.testing.assert_allclose(seen["history"].numpy(), model.item_vectors(training=False).numpy(), atol=1e-6)
+    changed = np.any(np.abs(seen["scored"].numpy() - seen["history"].numpy()) > 1e-6, axis=1)
+    assert changed[2:].mean() > 0.5  # ~90% of the scored rows had their id part dropped
 
 
 def test_copy_weights_matches_by_name_when_the_target_is_frozen():

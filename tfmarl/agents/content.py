@@ -33,7 +33,10 @@ class ContentAgent(tf.keras.layers.Layer):
     new items get too. So the features learn to carry an item's signal on their own, which is
     what a new item has, and new items' vectors land on the trained ones' scale (on ML-100k the
     share of cold targets ranked in the whole catalog's top 10 went from 0.6% with the shared
-    vector alone to 2.3%). Without id dropout new items' id part is 0.
+    vector alone to 2.3%). Without id dropout new items' id part is 0. `SequentialRecommender`
+    drops ids only in the catalog it scores, and reads histories with ``drop_ids=False``: the User
+    agent then trains on the inputs it gets at inference, which lets the rate go high (0.8) without
+    costing the warm ranking much.
 
     Call with item indices of any shape -> vectors of shape ``ids.shape + [dim]``. `catalog()`
     encodes every index 0..num_items-1 (0 = padding and 1 = OOV included: rankings mask them).
@@ -218,31 +221,34 @@ class ContentAgent(tf.keras.layers.Layer):
         agent.set_item_features(tables)
         return agent
 
-    def call(self, item_ids, training=None):
+    def call(self, item_ids, training=None, drop_ids=None):
+        """``drop_ids``: apply ``id_dropout`` (default: while training). The recommender reads
+        histories with ``drop_ids=False`` and drops ids only in the catalog it scores."""
+        drop_ids = bool(training) and (drop_ids is None or bool(drop_ids))
         item_ids = tf.convert_to_tensor(item_ids)
         if item_ids.dtype != tf.int32:
             item_ids = tf.cast(item_ids, tf.int32)
         entity_vectors = None
         if self.num_entities and self.knowledge_hops == 2:
             # Every item's features feed the entities it links to: encode the catalog once.
-            catalog = self._features(tf.range(self.num_items), training)
+            catalog = self._features(tf.range(self.num_items), drop_ids)
             entity_vectors = self.knowledge.entity_vectors(catalog, self.item_entities)
             vectors = tf.gather(catalog, item_ids)
         else:
-            vectors = self._features(item_ids, training)
+            vectors = self._features(item_ids, drop_ids)
         if self.num_entities:
             vectors += self.knowledge(vectors, tf.nn.embedding_lookup(self.item_relations, item_ids),
                                       tf.nn.embedding_lookup(self.item_entities, item_ids),
                                       entity_vectors=entity_vectors)
         return self.output_dropout(vectors, training=training)
 
-    def _features(self, item_ids, training):
+    def _features(self, item_ids, drop_ids):
         """Category + title + text + numeric parts, plus the id part (where known and not
         dropped; else what those parts predict of it, with id dropout)."""
         # embedding_lookup, not tf.gather: on a ShardedVariable (ParameterServerStrategy) tf.gather
         # returns the rows grouped by shard, out of the ids' order, and rejects ids of rank > 1.
         keep = tf.nn.embedding_lookup(self.known_items, item_ids)
-        if self.id_dropout and training:
+        if self.id_dropout and drop_ids:
             keep *= tf.cast(tf.random.uniform(tf.shape(item_ids)) >= self.id_dropout, keep.dtype)
         parts = []
         if self.num_categories:
@@ -260,9 +266,9 @@ class ContentAgent(tf.keras.layers.Layer):
             vectors += (1.0 - keep)[..., None] * (self.unknown_id + self.id_output(self.id_hidden(features)))
         return tf.add_n([vectors, *parts])
 
-    def catalog(self, training=None):
+    def catalog(self, training=None, drop_ids=None):
         """Vectors of every item index, [num_items, dim]."""
-        return self(tf.range(self.num_items), training=training)
+        return self(tf.range(self.num_items), training=training, drop_ids=drop_ids)
 
     def get_config(self):
         return {**super().get_config(), "num_items": self.num_items, "dim": self.dim,
