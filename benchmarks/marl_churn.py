@@ -102,7 +102,7 @@ def main(argv=None):
     parser.add_argument("--new-items", choices=("random", "newest"), default="random")
     parser.add_argument("--arrival-steps", type=int, default=20, help="evaluation steps over which new items arrive")
     parser.add_argument("--train-arrival-steps", type=int, default=500, help="RL steps over which they arrive")
-    parser.add_argument("--id-dropout", type=float, default=0.5)
+    parser.add_argument("--id-dropout", type=float, default=0.8)
     parser.add_argument("--novelty-floor", type=float, default=0.5)
     parser.add_argument("--new-item-candidates", type=int, default=10,
                         help="candidate places the multi-agent policies reserve for new items")

@@ -91,7 +91,7 @@ SUBSTITUTIONS = {
         ('"path/to/preset"', "{preset!r}"),
     ],
     ("New items and new users", 0): [
-        ("id_dropout=0.5,", "dim=16, id_dropout=0.5,"),
+        ("id_dropout=0.8,", "dim=16, id_dropout=0.8,"),
         ("content_agent=content)", "content_agent=content, dim=16, num_layers=1)"),
         ("epochs=40", "epochs=1"),
         ('"savedmodels/', '"{tmp}/savedmodels/', 2),

@@ -145,8 +145,8 @@ class SequentialRecommender(tfrs.models.Model):
         items = self.item_vectors(training)
         # Id dropout acts on the scored catalog only (the item side, as in DropoutNet): the
         # history is read with every trained id, as at inference, so the User agent is not
-        # trained on inputs it never sees later (on ML-100k's newest-item split this took cold
-        # items' all-catalog NDCG@10 from 0.006 to 0.03 and kept the warm ranking).
+        # trained on inputs it never sees later (ML-100k newest-item split, id_dropout 0.8, one
+        # seed: cold items' all-catalog NDCG@10 0.018 -> 0.031, warm NDCG@10 0.050 -> 0.072).
         history_items = self.item_vectors(training, drop_ids=False) if training and self.content_agent.id_dropout \
             else items
         states = self.history_states(history, history_items, training)
