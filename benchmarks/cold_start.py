@@ -61,6 +61,9 @@ MODEL = dict(dim=64, max_length=50, num_layers=2, num_heads=2, dropout=0.2)
 TRAIN = dict(epochs=30, batch_size=128, learning_rate=1e-3, patience=3)
 ID_DROPOUT = 0.8  # on the scored catalog only (histories keep their ids): see ContentAgent
 BOOTSTRAP = 2000
+# What each --parts name writes in the JSON: (top-level key, keys inside it; None = the whole entry).
+PARTS = {"ml100k": ("ml100k", None), "synthetic": ("synthetic", None),
+         "cold_users": ("ml100k", ("cold_users",)), "warm": ("ml100k", ("warm_reference_id_only",))}
 
 
 def paired_bootstrap(a, b, *, samples: int = BOOTSTRAP, seed: int = 0) -> dict:
@@ -309,7 +312,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=TRAIN["epochs"])
     parser.add_argument("--lightfm-epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parts", default="ml100k,synthetic,cold_users,warm")
+    parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--synthetic-users", type=int, default=3000)
     parser.add_argument("--synthetic-items", type=int, default=1500)
     parser.add_argument("--variants", default=None, help="comma-separated Content agent variants (default: all)")
@@ -376,11 +379,6 @@ def main(argv=None):
     write_json(args.out, result)
 
 
-# Where each part writes in the JSON: (top-level key, keys inside it; None = the whole entry).
-PARTS = {"ml100k": ("ml100k", None), "synthetic": ("synthetic", None),
-         "cold_users": ("ml100k", ("cold_users",)), "warm": ("ml100k", ("warm_reference_id_only",))}
-
-
 def merge_previous(result: dict, path, parts: set) -> None:
     """Copies into ``result`` what the JSON at ``path`` holds for the parts not re-run, and records
     which parts came from that earlier run (and when)."""
@@ -395,8 +393,7 @@ def merge_previous(result: dict, path, parts: set) -> None:
         if part in parts or top not in previous:
             continue
         if keys is None:
-            own = {k: v for k, v in result.get(top, {}).items()}  # e.g. cold_users when only ml100k is kept
-            result[top] = {**previous[top], **own}
+            result[top] = {**previous[top], **result.get(top, {})}  # what this run wrote there wins
         else:
             for key in keys:
                 if key in previous[top]:

@@ -195,18 +195,26 @@ def test_full_softmax_loss_bias_leaves_new_items_out():
     np.testing.assert_allclose(tape.gradient(loss, items).numpy()[8:], 0.0, atol=1e-7)
 
 
-def test_recommender_trains_without_new_items_and_ranks_them():
-    content = ContentAgent(N, dim=D, num_categories=3, max_categories=1, id_dropout=0.3)
+def category_recommender(id_dropout):
+    """A one-layer recommender whose Content agent has two categories (alternating items) and ids."""
+    content = ContentAgent(N, dim=D, num_categories=3, max_categories=1, id_dropout=id_dropout)
     categories = np.zeros((N, 1), np.int32)
     categories[2:] = ((np.arange(2, N) % 2) + 1)[:, None]
     content.set_item_features({"categories": categories})
     model = SequentialRecommender(N, dim=D, max_length=4, num_layers=1, content_agent=content, dropout=0.0)
     model.build_all()
+    return model, content
+
+
+ONE_HISTORY = {"history": tf.constant([[2, 3, 4, 0]]), "targets": tf.constant([[3, 4, 5, 0]]),
+               "target_weights": tf.constant([[1.0, 1.0, 1.0, 0.0]]), "first_item": tf.constant([2])}
+
+
+def test_recommender_trains_without_new_items_and_ranks_them():
+    model, content = category_recommender(id_dropout=0.3)
     model.set_known_items(np.arange(2, N - 1))
-    batch = {"history": tf.constant([[2, 3, 4, 0]]), "targets": tf.constant([[3, 4, 5, 0]]),
-             "target_weights": tf.constant([[1.0, 1.0, 1.0, 0.0]]), "first_item": tf.constant([2])}
     with tf.GradientTape() as tape:
-        loss = model.compute_loss(batch, training=True)
+        loss = model.compute_loss(ONE_HISTORY, training=True)
     grads = tape.gradient(loss, content.id_embeddings)
     np.testing.assert_allclose(tf.convert_to_tensor(grads).numpy()[N - 1], 0.0, atol=1e-9)
     scores = model.score_catalog(tf.constant([[2, 3]])).numpy()
@@ -214,21 +222,14 @@ def test_recommender_trains_without_new_items_and_ranks_them():
 
 
 def test_id_dropout_acts_on_the_scored_catalog_not_on_the_history():
-    content = ContentAgent(N, dim=D, num_categories=3, max_categories=1, id_dropout=0.9)
-    categories = np.zeros((N, 1), np.int32)
-    categories[2:] = ((np.arange(2, N) % 2) + 1)[:, None]
-    content.set_item_features({"categories": categories})
-    model = SequentialRecommender(N, dim=D, max_length=4, num_layers=1, content_agent=content, dropout=0.0)
-    model.build_all()
+    model, _ = category_recommender(id_dropout=0.9)
     seen = {}
     history_states, summed_loss = model.history_states, model._summed_loss
     model.history_states = lambda history, items, training: seen.setdefault("history", items) is not None and \
         history_states(history, items, training)
     model._summed_loss = lambda queries, positives, items: seen.setdefault("scored", items) is not None and \
         summed_loss(queries, positives, items)
-    batch = {"history": tf.constant([[2, 3, 4, 0]]), "targets": tf.constant([[3, 4, 5, 0]]),
-             "target_weights": tf.constant([[1.0, 1.0, 1.0, 0.0]]), "first_item": tf.constant([2])}
-    model.compute_loss(batch, training=True)
+    model.compute_loss(ONE_HISTORY, training=True)
     np.testing.assert_allclose(seen["history"].numpy(), model.item_vectors(training=False).numpy(), atol=1e-6)
     changed = np.any(np.abs(seen["scored"].numpy() - seen["history"].numpy()) > 1e-6, axis=1)
     assert changed[2:].mean() > 0.5  # ~90% of the scored rows had their id part dropped
