@@ -96,6 +96,42 @@ def test_second_hop_carries_linked_items_signal():
     np.testing.assert_allclose(one_hop(tf.constant([2])).numpy(), before, atol=1e-6)
 
 
+def test_item_mean_entities_are_the_other_known_items_mean_id_vector():
+    agent = kg_agent(knowledge_entities="item_mean")
+    assert not any("entity_embeddings" in v.name for v in agent.weights)
+    known = np.ones(N, bool)
+    known[2] = False  # item 2 is new: it shares entity 1 with items 3, 4, 5
+    agent.set_known_items(known)
+    relations, entities = kg_tables()
+    ids = agent.id_embeddings.numpy()
+    means = agent.knowledge.neighbour_item_means(agent.id_embeddings, agent.known_items, entities,
+                                                 tf.constant([2, 3])).numpy()
+    np.testing.assert_allclose(means[0, 0], ids[[3, 4, 5]].mean(0), atol=1e-6)  # the new item: all three
+    np.testing.assert_allclose(means[1, 0], ids[[4, 5]].mean(0), atol=1e-6)  # item 3: not itself
+    np.testing.assert_allclose(means[:, 2], 0.0)  # an empty slot
+    # Item 3's vector does not depend on its own id through its entities; the new item's follows item 3's.
+    with tf.GradientTape(persistent=True) as tape:
+        vectors = agent(tf.constant([2, 3]))
+        new_item, item_3 = tf.reduce_sum(vectors[0] ** 2), tf.reduce_sum(vectors[1] ** 2)
+    from_new = tf.convert_to_tensor(tape.gradient(new_item, agent.id_embeddings)).numpy()
+    assert np.abs(from_new[3]).max() > 0 and np.abs(from_new[2]).max() == 0
+    knowledge_only = agent.knowledge(tf.zeros([1, D]), relations[3:4], entities[3:4],
+                                     neighbour_vectors=tf.constant(means[1:2]))
+    np.testing.assert_allclose(agent(tf.constant([3])).numpy() - ids[3], knowledge_only.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="neighbour_vectors"):
+        agent.knowledge(tf.zeros([1, D]), relations[3:4], entities[3:4])
+    with pytest.raises(ValueError, match="hops=1"):
+        KnowledgeGraphEncoder(4, 3, D, hops=2, entity_encoding="item_mean")
+    with pytest.raises(ValueError, match="entity_encoding"):
+        KnowledgeGraphEncoder(4, 3, D, entity_encoding="mean")
+    with pytest.raises(ValueError, match="knowledge_hops=1"):
+        ContentAgent(N, dim=D, num_entities=7, num_relations=3, knowledge_hops=2, knowledge_entities="item_mean")
+    assert ContentAgent.from_config(agent.get_config()).get_config()["knowledge_entities"] == "item_mean"
+    # A catalog update: the added item (entity 1, like item 2) inherits from the same known items.
+    grown = agent.with_new_items({"kg_relations": relations[2:3], "kg_entities": entities[2:3]})
+    np.testing.assert_allclose(grown(tf.constant([N])).numpy(), agent(tf.constant([2])).numpy(), atol=1e-5)
+
+
 def test_new_items_get_what_their_features_predict_of_an_id():
     agent = ContentAgent(N, dim=D, id_dropout=0.3, num_categories=3, max_categories=1)
     categories = np.zeros((N, 1), np.int32)
@@ -156,8 +192,9 @@ def test_numeric_attributes_are_projected_and_checked():
         ContentAgent(N, dim=D).set_item_features({"numeric": numeric})
 
 
-def test_content_agent_with_knowledge_round_trips_and_runs_under_a_strategy():
-    agent = kg_agent(knowledge_hops=2, id_dropout=0.2, numeric_dim=1)
+@pytest.mark.parametrize("knowledge", [dict(knowledge_hops=2), dict(knowledge_entities="item_mean")])
+def test_content_agent_with_knowledge_round_trips_and_runs_under_a_strategy(knowledge):
+    agent = kg_agent(id_dropout=0.2, numeric_dim=1, **knowledge)
     config = agent.get_config()
     clone = ContentAgent.from_config(config)
     assert clone.get_config() == config

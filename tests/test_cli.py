@@ -300,12 +300,14 @@ def test_cold_start_and_churn_keys_are_checked():
     from tfmarl.cli.config import config_from_dict
 
     config = config_from_dict({"data": {"features": {"knowledge_graph": "kg.csv", "max_neighbours": 8}},
-                               "pretrain": {"id_dropout": 0.3, "knowledge_hops": 2},
+                               "pretrain": {"id_dropout": 0.3, "knowledge_hops": 2, "knowledge_entities": "item_mean"},
                                "rl": {"new_item_candidates": 5, "dqn": {"trainable_encoders": True}}})
     assert config.data.features.knowledge_graph == "kg.csv" and config.pretrain.knowledge_hops == 2
+    assert config.pretrain.knowledge_entities == "item_mean"
     assert config.rl.dqn.trainable_encoders is True and config.rl.new_item_candidates == 5
     for bad, message in (({"pretrain": {"id_dropout": 1.0}}, "pretrain.id_dropout"),
                          ({"pretrain": {"knowledge_hops": 3}}, "pretrain.knowledge_hops"),
+                         ({"pretrain": {"knowledge_entities": "mean"}}, "pretrain.knowledge_entities"),
                          ({"rl": {"new_item_candidates": -1}}, "rl.new_item_candidates"),
                          ({"data": {"features": {"max_neighbours": 0}}}, "data.features.max_neighbours"),
                          ({"data": {"features": {"title_vocabulary": "chars"}}}, "data.features.title_vocabulary"),

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmarl.agents.blocks import embedding_initializer as _init, serializable
-from tfmarl.agents.knowledge import KnowledgeGraphEncoder
+from tfmarl.agents.knowledge import ENTITY_ENCODINGS, KnowledgeGraphEncoder
 
 # Up to this catalog size, consumers that need many items' vectors (the RL networks) encode the
 # whole catalog once per call and gather, rather than encoding every id one by one.
@@ -54,6 +54,9 @@ class ContentAgent(tf.keras.layers.Layer):
       num_entities, num_relations: knowledge-graph vocabulary sizes (index 0 = none); 0 disables.
       max_neighbours: knowledge-graph neighbour slots per item.
       knowledge_hops: 1 or 2 (see `KnowledgeGraphEncoder`; 2 encodes the whole catalog per call).
+      knowledge_entities: "embedding" (a learnt vector per entity) or "item_mean" (an entity is
+        the mean id vector of its other trained items; sums over the whole entity table per call):
+        see `KnowledgeGraphEncoder`'s ``entity_encoding``.
       id_dropout: probability of dropping a trained item's id part while training.
       dropout: dropout on the output vectors while training.
     """
@@ -61,7 +64,8 @@ class ContentAgent(tf.keras.layers.Layer):
     def __init__(self, num_items: int, dim: int = 64, num_categories: int = 0, max_categories: int = 4,
                  text_vocabulary_size: int = 0, title_length: int = 16, text_embedding_dim: int = 0,
                  numeric_dim: int = 0, num_entities: int = 0, num_relations: int = 0, max_neighbours: int = 16,
-                 knowledge_hops: int = 1, id_dropout: float = 0.0, dropout: float = 0.0, **kwargs):
+                 knowledge_hops: int = 1, knowledge_entities: str = "embedding", id_dropout: float = 0.0,
+                 dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if num_items < 3:
             raise ValueError(f"num_items must cover padding, OOV and at least one item, got {num_items}")
@@ -80,6 +84,12 @@ class ContentAgent(tf.keras.layers.Layer):
         self.num_relations = int(num_relations)
         self.max_neighbours = int(max_neighbours)
         self.knowledge_hops = int(knowledge_hops)
+        if knowledge_entities not in ENTITY_ENCODINGS:
+            raise ValueError(f"knowledge_entities must be one of {ENTITY_ENCODINGS}, got {knowledge_entities!r}")
+        if knowledge_entities == "item_mean" and self.knowledge_hops != 1:
+            raise ValueError("knowledge_entities='item_mean' already carries the linked items' vectors: "
+                             "use knowledge_hops=1")
+        self.knowledge_entities = knowledge_entities
         if not 0.0 <= id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
         self.id_dropout = float(id_dropout)
@@ -127,7 +137,8 @@ class ContentAgent(tf.keras.layers.Layer):
                 setattr(self, name, self.add_weight(name, shape=[self.num_items, self.max_neighbours],
                                                     dtype=tf.int32, initializer="zeros", trainable=False))
             self.knowledge = KnowledgeGraphEncoder(self.num_entities, self.num_relations, self.dim,
-                                                   hops=self.knowledge_hops, name="knowledge")
+                                                   hops=self.knowledge_hops, entity_encoding=self.knowledge_entities,
+                                                   name="knowledge")
             self.knowledge.build()
         self.output_dropout = tf.keras.layers.Dropout(self.dropout)
         super().build(input_shape)
@@ -237,9 +248,13 @@ class ContentAgent(tf.keras.layers.Layer):
         else:
             vectors = self._features(item_ids, drop_ids)
         if self.num_entities:
+            neighbours = None
+            if self.knowledge_entities == "item_mean":
+                neighbours = self.knowledge.neighbour_item_means(self.id_embeddings, self.known_items,
+                                                                 self.item_entities, item_ids)
             vectors += self.knowledge(vectors, tf.nn.embedding_lookup(self.item_relations, item_ids),
                                       tf.nn.embedding_lookup(self.item_entities, item_ids),
-                                      entity_vectors=entity_vectors)
+                                      entity_vectors=entity_vectors, neighbour_vectors=neighbours)
         return self.output_dropout(vectors, training=training)
 
     def _features(self, item_ids, drop_ids):
@@ -277,6 +292,7 @@ class ContentAgent(tf.keras.layers.Layer):
                 "text_embedding_dim": self.text_embedding_dim, "numeric_dim": self.numeric_dim,
                 "num_entities": self.num_entities, "num_relations": self.num_relations,
                 "max_neighbours": self.max_neighbours, "knowledge_hops": self.knowledge_hops,
+                "knowledge_entities": self.knowledge_entities,
                 "id_dropout": self.id_dropout, "dropout": self.dropout}
 
 

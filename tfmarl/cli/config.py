@@ -104,6 +104,7 @@ class PretrainConfig:
     patience: int = 3
     id_dropout: float = 0.0  # drop trained items' id part while training: features learn new items
     knowledge_hops: int = choice(1, 1, 2)
+    knowledge_entities: str = choice("embedding", "embedding", "item_mean")  # see ContentAgent
 
 
 @dataclasses.dataclass

@@ -192,7 +192,8 @@ class Pipeline:
         cfg, s = self.config.pretrain, self.state
         with self.strategy.scope():
             content = ContentAgent(s["vocab"].size, dim=cfg.dim, name="content_agent", id_dropout=cfg.id_dropout,
-                                   knowledge_hops=cfg.knowledge_hops, **s["features"].content_agent_kwargs())
+                                   knowledge_hops=cfg.knowledge_hops, knowledge_entities=cfg.knowledge_entities,
+                                   **s["features"].content_agent_kwargs())
             content.set_item_features(s["features"])
             model = SequentialRecommender(
                 item_vocabulary=s["vocab"], content_agent=content, encoder=cfg.encoder, dim=cfg.dim,

@@ -84,8 +84,11 @@ def generate_synthetic(
 
     ``knowledge_graph=True`` also makes ``knowledge`` a `KnowledgeGraph` carrying item signal the
     categories do not: relation "creator" groups items into about n_items // 8 creators (at
-    least 2, entities "creator 1", "creator 2", ...) by seeded spherical k-means on their latent
-    factors, so items of one creator have close factors; relation "studio" is pure noise, a
+    least 2, entities "creator 1", "creator 2", ...), each a style and a standing: seeded
+    spherical k-means on the latent factors makes styles of about 32 items, and each style splits
+    by popularity into creators of about 8, so a creator's items have close factors (closer than
+    a category's) and close popularity (which categories say nothing of: a new item's creator
+    tells how popular it is likely to be); relation "studio" is pure noise, a
     random entity out of about n_items // 20 ("studio 1", ...). Every item has exactly one triple
     of each. The creators are ``metadata["item_creator"]`` (0-based creator index per item
     number minus one). The graph uses its own random generator: the log, item table and all other
@@ -119,7 +122,7 @@ def generate_synthetic(
     )
     knowledge = None
     if knowledge_graph:
-        knowledge, creators = _knowledge_graph(np.random.default_rng([args["seed"], 7]), catalog["factors"])
+        knowledge, creators = _knowledge_graph(np.random.default_rng([args["seed"], 7]), catalog)
         metadata["item_creator"] = creators
     return Interactions(log=log, items=items, name="synthetic", metadata=metadata, knowledge=knowledge)
 
@@ -248,17 +251,21 @@ def _ids(n: int) -> np.ndarray:
 # --- knowledge graph -----------------------------------------------------------------------
 
 ITEMS_PER_CREATOR = 8
+CREATORS_PER_STYLE = 4  # a style's items split by popularity into this many creators
 ITEMS_PER_STUDIO = 20
 KMEANS_ITERATIONS = 6
 _KMEANS_CHUNK = 2_000_000  # items x centroids similarities computed at once
 
 
-def _knowledge_graph(rng, factors: np.ndarray):
+def _knowledge_graph(rng, catalog: dict):
     """(KnowledgeGraph with "creator" and "studio" triples, 0-based creator per item)."""
     from tfmarl.data.knowledge import KnowledgeGraph
 
+    factors = catalog["factors"]
     n_items = len(factors)
-    creators = _creators(rng, _unit_rows(factors.astype(np.float64)), max(2, n_items // ITEMS_PER_CREATOR))
+    n_creators = max(2, n_items // ITEMS_PER_CREATOR)
+    styles = _clusters(rng, _unit_rows(factors.astype(np.float64)), max(1, n_creators // CREATORS_PER_STYLE))
+    creators = _popularity_bands(styles, catalog["popularity"], n_creators)
     studios = rng.integers(min(n_items, max(2, n_items // ITEMS_PER_STUDIO)), size=n_items)
     ids = _ids(n_items)
     triples = pd.DataFrame({
@@ -273,8 +280,32 @@ def _names(prefix: str, numbers: np.ndarray) -> np.ndarray:
     return (prefix + pd.Series(numbers + 1).astype(str)).to_numpy(dtype=object)
 
 
-def _creators(rng, unit: np.ndarray, k: int) -> np.ndarray:
-    """About ``k`` clusters of the unit rows, numbered 0.. by their first item; every one non-empty.
+def _popularity_bands(groups: np.ndarray, popularity: np.ndarray, k: int) -> np.ndarray:
+    """Each group split into popularity bands (most popular first), about ``k`` bands in all, a
+    share of ``k`` proportional to the group's size (at least one); numbered as `_dense_labels`."""
+    n = len(groups)
+    order = np.lexsort((-popularity, groups))
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    bands = np.maximum(1, (sizes * k) // n)
+    position = np.arange(n) - np.repeat(starts, sizes)
+    band = position * np.repeat(bands, sizes) // np.repeat(sizes, sizes)
+    labels = np.empty(n, dtype=np.int64)
+    labels[order] = np.repeat(np.r_[0, np.cumsum(bands)[:-1]], sizes) + band
+    return _dense_labels(labels)
+
+
+def _dense_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0.. without gaps, in order of each one's first item."""
+    present, first = np.unique(labels, return_index=True)
+    renumber = np.empty(labels.max() + 1, dtype=np.int64)
+    renumber[present[np.argsort(first, kind="stable")]] = np.arange(len(present))
+    return renumber[labels]
+
+
+def _clusters(rng, unit: np.ndarray, k: int) -> np.ndarray:
+    """About ``k`` clusters of the unit rows, numbered as `_dense_labels`; every one non-empty.
 
     Two levels keep it fast for large catalogs: ~sqrt(k) coarse clusters, then each split into a
     share of ``k`` proportional to its size (spherical k-means both times).
@@ -292,12 +323,7 @@ def _creators(rng, unit: np.ndarray, k: int) -> np.ndarray:
         share = int(min(len(members), max(1, round(k * len(members) / n))))
         labels[members] = next_label + _spherical_kmeans(rng, unit[members], share)
         next_label += share
-    # Renumber densely (a cluster may have ended up empty), in order of each one's first item.
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(first, kind="stable")
-    renumber = np.empty(labels.max() + 1, dtype=np.int64)
-    renumber[np.unique(labels)[order]] = np.arange(len(order))
-    return renumber[labels]
+    return _dense_labels(labels)  # a cluster may have ended up empty
 
 
 def _spherical_kmeans(rng, unit: np.ndarray, k: int) -> np.ndarray:
