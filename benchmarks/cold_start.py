@@ -25,17 +25,24 @@ against the cold items only (`cold_only`). Models:
   random                 uniform scores
 
 Synthetic data (`generate_synthetic(knowledge_graph=True)`: a "creator" relation groups items
-with close latent factors, a "studio" relation is noise): the Content agent with categories and
+of one style and popularity, a "studio" relation is noise): the Content agent with categories and
 the graph (`content_agent_kg`), with categories only (`content_agent_no_kg`) and with a shuffled
-graph (`content_agent_shuffled_kg`: same degrees, edges permuted), in the same run.
+graph (`content_agent_shuffled_kg`: same degrees, edges permuted), in the same run and over
+``--seeds``; the graph read with ``knowledge_entities="item_mean"`` (an entity is the mean id
+vector of its other trained items). `content_agent_kg_embedding` and
+`content_agent_shuffled_kg_embedding` read it with a learnt embedding per entity instead (one seed).
+Every all-catalog row also has `cold_per_top10` (cold items in a top 10) and `cold_precision@10`
+(the share of them that are targets): every target is cold, so showing more cold items lifts the
+whole-catalog NDCG as much as ranking them well does.
 
 Cold users (`tfmarl.data.cold_user_split`, ML-100k): 10% of users never trained on; one test
 instance per history-length bucket (1, 2-5, 6-20, >20) — the transformer vs train popularity.
 
 Differences between models are paired-bootstrap 95% intervals over test users (`paired_bootstrap`).
 Training variance is not in those: on ML-100k, content_agent and LightFM are retrained with each of
-``--seeds`` on the same splits (`seed_replicates`: per-seed values, their mean and a t interval over
-seeds, of each model and of their difference).
+``--seeds`` on the same splits, on the synthetic data the three headline graph variants
+(`seed_replicates`: per-seed values, their mean and a t interval over seeds, of each model and of
+their differences).
 Also reported: each Content agent's warm leave-one-out NDCG@10 next to the plain id-only
 transformer's, so a cold-start gain is not bought with the warm ranking.
 
@@ -95,8 +102,9 @@ def features_for(interactions, vocab, *, text=True, knowledge=True, numeric=Fals
                                title_vocabulary=title_vocabulary, numeric=years)
 
 
-def train_content_agent(split, vocab, features, *, seed, cold_items, epochs, id_dropout=ID_DROPOUT):
-    """A transformer whose Content agent encodes items from ``features``; cold items unknown."""
+def train_content_agent(split, vocab, features, *, seed, cold_items, epochs, id_dropout=ID_DROPOUT, agent_kwargs=None):
+    """A transformer whose Content agent encodes items from ``features`` (and ``agent_kwargs``,
+    e.g. ``knowledge_entities``); cold items unknown."""
     import tensorflow as tf
 
     from tfmarl.agents import ContentAgent
@@ -104,7 +112,7 @@ def train_content_agent(split, vocab, features, *, seed, cold_items, epochs, id_
 
     tf.keras.utils.set_random_seed(seed)
     content = ContentAgent(vocab.size, dim=MODEL["dim"], name="content_agent", id_dropout=id_dropout,
-                           **(features.content_agent_kwargs() if features is not None else {}))
+                           **(features.content_agent_kwargs() if features is not None else {}), **(agent_kwargs or {}))
     if features is not None:
         content.set_item_features(features)
     freq = np.bincount(split.train.items, minlength=vocab.size)
@@ -130,12 +138,37 @@ def cold_metrics(model, split, *, warm=True) -> tuple[dict, dict]:
                              num_items=model.num_items, max_length=MODEL["max_length"])
         per_user[ranking] = m.pop("per_user")["ndcg@10"]
         row[ranking] = {k: m[k] for k in ("ndcg@10", "hr@10", "coverage@10", "users")}
+    row["all_catalog"].update(cold_exposure(model, split))
     row["cold_ndcg@10"] = row["all_catalog"]["ndcg@10"]
     if warm:
         m = evaluate_ranking(model, split.warm_test, ks=(10,), num_items=model.num_items,
                              max_length=MODEL["max_length"])
         row["warm_ndcg@10"] = m["ndcg@10"]
     return row, per_user
+
+
+def cold_exposure(model, split, k: int = 10) -> dict:
+    """How many cold items a model puts in each whole-catalog top ``k`` (``cold_per_top10``) and
+    the share of them that are the user's targets (``cold_precision@10``). Every target is cold, so
+    the whole-catalog NDCG rewards showing more cold items as much as ranking them well."""
+    import tensorflow as tf
+
+    from tfmarl.data import evaluation_dataset
+
+    is_cold = np.zeros(model.num_items, bool)
+    is_cold[split.cold_items] = True
+    shown = hits = users = 0
+    for batch in evaluation_dataset(split.test, MODEL["max_length"], 256):
+        scores = model.score_catalog(tf.cast(batch["history"], tf.int32)).numpy()
+        exclude = batch["exclude"].numpy()
+        scores[np.repeat(np.arange(len(scores)), exclude.shape[1]), exclude.ravel()] = -np.inf  # 0 = padding
+        scores[:, 1] = -np.inf  # OOV
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        targets = batch["targets"].numpy()
+        shown += int(is_cold[top].sum())
+        hits += int(((top[:, :, None] == targets[:, None, :]) & (targets[:, None, :] > 0)).any(-1).sum())
+        users += len(top)
+    return {f"cold_per_top{k}": shown / users, f"cold_precision@{k}": hits / max(shown, 1)}
 
 
 class Scores:
@@ -181,6 +214,13 @@ def lightfm_model(split, vocab, features, *, seed, epochs):
     return ranker.fit(histories)
 
 
+def unpack(variant) -> tuple:
+    """(item features, ContentAgent keyword arguments) of a variant: features, a callable making
+    them, or a (features, kwargs) pair."""
+    features, agent_kwargs = variant if isinstance(variant, tuple) else (variant, {})
+    return (features() if callable(features) else features), agent_kwargs
+
+
 def run_cold_items(name, sequences, vocab, args, *, variants, peers=True):
     """Every model on the random and newest cold-item splits of one dataset."""
     from tfmarl.data import cold_item_split
@@ -193,19 +233,18 @@ def run_cold_items(name, sequences, vocab, args, *, variants, peers=True):
             continue  # synthetic items all exist from the start: "newest" means nothing there
         split = cold_item_split(sequences, FRACTION, how=how, seed=args.seed)
         rows, per_user = {}, {}
-        for model_name, feature_kwargs in variants.items():
-            features = feature_kwargs() if callable(feature_kwargs) else feature_kwargs
+        for model_name, variant in variants.items():
+            features, agent_kwargs = unpack(variant)
             t0 = time.perf_counter()
             model, info = train_content_agent(split, vocab, features, seed=args.seed, cold_items=split.cold_items,
-                                              epochs=args.epochs, id_dropout=args.id_dropout)
+                                              epochs=args.epochs, id_dropout=args.id_dropout, agent_kwargs=agent_kwargs)
             rows[model_name], per_user[model_name] = cold_metrics(model, split)
             rows[model_name].update(info)
             print(f"{name}/{how}/{model_name}: cold {rows[model_name]['cold_ndcg@10']:.4f} "
                   f"cold-only {rows[model_name]['cold_only']['ndcg@10']:.4f} "
                   f"warm {rows[model_name]['warm_ndcg@10']:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         if peers and "content_agent" in variants:
-            full = variants["content_agent"]
-            features = full() if callable(full) else full
+            features, _ = unpack(variants["content_agent"])
             t0 = time.perf_counter()
             ranker = lightfm_model(split, vocab, features, seed=args.seed, epochs=args.lightfm_epochs)
             if ranker is not None:
@@ -246,32 +285,38 @@ def seed_interval(values) -> dict:
             "significant": bool(mean - half > 0 or mean + half < 0)}
 
 
-def run_seed_replicates(sequences, vocab, args, features, first: dict) -> dict:
-    """The headline pair (content_agent vs LightFM, same features) retrained with each of
-    ``--seeds`` on the same cold-item splits; ``first`` holds the main run's rows by split."""
+def run_seed_replicates(sequences, vocab, args, variants: dict, first: dict, *, splits, pairs,
+                        lightfm_features=None) -> dict:
+    """``variants`` (and LightFM on ``lightfm_features``) retrained with each of ``--seeds`` on the
+    same cold-item splits; ``first`` holds the main run's rows by split. Per model and ranking: the
+    per-seed NDCG@10, their mean and t interval; the same for each ``(a, b)`` of ``pairs``, a - b."""
     from tfmarl.data import cold_item_split
 
     seeds = [args.seed] + [int(x) for x in args.seeds.split(",") if x.strip() and int(x) != args.seed]
     out = {}
-    for how in args.splits.split(","):
+    for how in splits:
         split = cold_item_split(sequences, FRACTION, how=how, seed=args.seed)
-        rows = {"content_agent": [first[how]["models"]["content_agent"]],
-                "lightfm": [first[how]["models"].get("lightfm", {})]}
+        rows = {name: [first[how]["models"][name]] for name in variants}
+        if lightfm_features is not None:
+            rows["lightfm"] = [first[how]["models"].get("lightfm", {})]
         for seed in seeds[1:]:
-            model, _ = train_content_agent(split, vocab, features, seed=seed, cold_items=split.cold_items,
-                                           epochs=args.epochs, id_dropout=args.id_dropout)
-            rows["content_agent"].append(cold_metrics(model, split, warm=False)[0])
-            ranker = lightfm_model(split, vocab, features, seed=seed, epochs=args.lightfm_epochs)
-            rows["lightfm"].append(cold_metrics(ranker, split, warm=False)[0] if ranker is not None else {})
-            print(f"ml100k/{how}/seed {seed}: content_agent {rows['content_agent'][-1]['cold_ndcg@10']:.4f} "
-                  f"lightfm {rows['lightfm'][-1].get('cold_ndcg@10', float('nan')):.4f}", file=sys.stderr)
+            for name, variant in variants.items():
+                features, agent_kwargs = unpack(variant)
+                model, _ = train_content_agent(split, vocab, features, seed=seed, cold_items=split.cold_items,
+                                               epochs=args.epochs, id_dropout=args.id_dropout, agent_kwargs=agent_kwargs)
+                rows[name].append(cold_metrics(model, split, warm=False)[0])
+            if lightfm_features is not None:
+                ranker = lightfm_model(split, vocab, lightfm_features, seed=seed, epochs=args.lightfm_epochs)
+                rows["lightfm"].append(cold_metrics(ranker, split, warm=False)[0] if ranker is not None else {})
+            print(f"{how}/seed {seed}: " + ", ".join(f"{name} {found[-1].get('cold_ndcg@10', float('nan')):.4f}"
+                                                    for name, found in rows.items()), file=sys.stderr)
         entry = {"training_seeds": seeds, "split_seed": args.seed}
         for ranking in ("all_catalog", "cold_only"):
             per_model = {name: [r[ranking]["ndcg@10"] for r in found if ranking in r] for name, found in rows.items()}
             entry[ranking] = {name: {"ndcg@10": values, **seed_interval(values)} for name, values in per_model.items()}
-            if len(per_model["lightfm"]) == len(seeds):
-                entry[ranking]["content_agent-lightfm"] = seed_interval(
-                    np.subtract(per_model["content_agent"], per_model["lightfm"]))
+            for a, b in pairs:
+                if len(per_model[a]) == len(per_model[b]) == len(seeds):
+                    entry[ranking][f"{a}-{b}"] = seed_interval(np.subtract(per_model[a], per_model[b]))
         out[how] = entry
     return out
 
@@ -352,8 +397,9 @@ def main(argv=None):
             if "cold_ndcg@10" in row:
                 result["ml100k"][model] = {"cold_ndcg@10": row["cold_ndcg@10"], "cold_hr@10": row["all_catalog"]["hr@10"]}
         if args.seeds.strip() and all("content_agent" in ml[how]["models"] for how in ml):
-            result["ml100k"]["seed_replicates"] = run_seed_replicates(ml_sequences, ml_vocab, args,
-                                                                      variants["content_agent"], ml)
+            result["ml100k"]["seed_replicates"] = run_seed_replicates(
+                ml_sequences, ml_vocab, args, {"content_agent": variants["content_agent"]}, ml, splits=list(ml),
+                pairs=[("content_agent", "lightfm")], lightfm_features=unpack(variants["content_agent"])[0])
     if "warm" in parts:
         result.setdefault("ml100k", {})["warm_reference_id_only"] = run_warm_reference(ml_sequences, ml_vocab, args)
     if "synthetic" in parts:
@@ -361,15 +407,26 @@ def main(argv=None):
                                        knowledge_graph=True)
         sequences, vocab = build_sequences(synthetic)
         shuffled = synthetic.knowledge.shuffled(seed=args.seed)
-        variants = {
-            "content_agent_kg": features_for(synthetic, vocab, text=False),
+        graph = features_for(synthetic, vocab, text=False)
+        shuffled_graph = features_for(synthetic, vocab, text=False, knowledge=shuffled)
+        item_mean = {"knowledge_entities": "item_mean"}
+        headline = {
+            "content_agent_kg": (graph, item_mean),
             "content_agent_no_kg": features_for(synthetic, vocab, text=False, knowledge=False),
-            "content_agent_shuffled_kg": features_for(synthetic, vocab, text=False, knowledge=shuffled),
+            "content_agent_shuffled_kg": (shuffled_graph, item_mean),
         }
+        variants = {**headline, "content_agent_kg_embedding": graph, "content_agent_shuffled_kg_embedding": shuffled_graph}
         syn = run_cold_items("synthetic", sequences, vocab, args, variants=variants, peers=False)
         result["synthetic"] = {"n_users": args.synthetic_users, "n_items": args.synthetic_items, **syn}
         for model in variants:
-            result["synthetic"][model] = {"cold_ndcg@10": syn["random"]["models"][model]["cold_ndcg@10"]}
+            if model in syn["random"]["models"]:
+                result["synthetic"][model] = {"cold_ndcg@10": syn["random"]["models"][model]["cold_ndcg@10"]}
+        headline = {k: v for k, v in headline.items() if k in syn["random"]["models"]}
+        if args.seeds.strip() and len(headline) == 3:
+            result["synthetic"]["seed_replicates"] = run_seed_replicates(
+                sequences, vocab, args, headline, syn, splits=["random"],
+                pairs=[("content_agent_kg", "content_agent_shuffled_kg"), ("content_agent_kg", "content_agent_no_kg"),
+                       ("content_agent_shuffled_kg", "content_agent_no_kg")])
     if "cold_users" in parts:
         result.setdefault("ml100k", {})["cold_users"] = run_cold_users(ml_sequences, ml_vocab, args)
     result["seconds"] = time.perf_counter() - start
