@@ -102,7 +102,8 @@ def features_for(interactions, vocab, *, text=True, knowledge=True, numeric=Fals
                                title_vocabulary=title_vocabulary, numeric=years)
 
 
-def train_content_agent(split, vocab, features, *, seed, cold_items, epochs, id_dropout=ID_DROPOUT, agent_kwargs=None):
+def train_content_agent(split, vocab, features, *, seed, cold_items, epochs, id_dropout=ID_DROPOUT,
+                        agent_kwargs=None):
     """A transformer whose Content agent encodes items from ``features`` (and ``agent_kwargs``,
     e.g. ``knowledge_entities``); cold items unknown."""
     import tensorflow as tf
@@ -112,7 +113,8 @@ def train_content_agent(split, vocab, features, *, seed, cold_items, epochs, id_
 
     tf.keras.utils.set_random_seed(seed)
     content = ContentAgent(vocab.size, dim=MODEL["dim"], name="content_agent", id_dropout=id_dropout,
-                           **(features.content_agent_kwargs() if features is not None else {}), **(agent_kwargs or {}))
+                           **(features.content_agent_kwargs() if features is not None else {}),
+                           **(agent_kwargs or {}))
     if features is not None:
         content.set_item_features(features)
     freq = np.bincount(split.train.items, minlength=vocab.size)
@@ -153,16 +155,14 @@ def cold_exposure(model, split, k: int = 10) -> dict:
     the whole-catalog NDCG rewards showing more cold items as much as ranking them well."""
     import tensorflow as tf
 
+    from tfmarl.agents import mask_excluded
     from tfmarl.data import evaluation_dataset
 
     is_cold = np.zeros(model.num_items, bool)
     is_cold[split.cold_items] = True
     shown = hits = users = 0
     for batch in evaluation_dataset(split.test, MODEL["max_length"], 256):
-        scores = model.score_catalog(tf.cast(batch["history"], tf.int32)).numpy()
-        exclude = batch["exclude"].numpy()
-        scores[np.repeat(np.arange(len(scores)), exclude.shape[1]), exclude.ravel()] = -np.inf  # 0 = padding
-        scores[:, 1] = -np.inf  # OOV
+        scores = mask_excluded(model.score_catalog(tf.cast(batch["history"], tf.int32)), batch["exclude"]).numpy()
         top = np.argpartition(-scores, k, axis=1)[:, :k]
         targets = batch["targets"].numpy()
         shown += int(is_cold[top].sum())
@@ -237,7 +237,8 @@ def run_cold_items(name, sequences, vocab, args, *, variants, peers=True):
             features, agent_kwargs = unpack(variant)
             t0 = time.perf_counter()
             model, info = train_content_agent(split, vocab, features, seed=args.seed, cold_items=split.cold_items,
-                                              epochs=args.epochs, id_dropout=args.id_dropout, agent_kwargs=agent_kwargs)
+                                              epochs=args.epochs, id_dropout=args.id_dropout,
+                                              agent_kwargs=agent_kwargs)
             rows[model_name], per_user[model_name] = cold_metrics(model, split)
             rows[model_name].update(info)
             print(f"{name}/{how}/{model_name}: cold {rows[model_name]['cold_ndcg@10']:.4f} "
@@ -303,7 +304,8 @@ def run_seed_replicates(sequences, vocab, args, variants: dict, first: dict, *, 
             for name, variant in variants.items():
                 features, agent_kwargs = unpack(variant)
                 model, _ = train_content_agent(split, vocab, features, seed=seed, cold_items=split.cold_items,
-                                               epochs=args.epochs, id_dropout=args.id_dropout, agent_kwargs=agent_kwargs)
+                                               epochs=args.epochs, id_dropout=args.id_dropout,
+                                               agent_kwargs=agent_kwargs)
                 rows[name].append(cold_metrics(model, split, warm=False)[0])
             if lightfm_features is not None:
                 ranker = lightfm_model(split, vocab, lightfm_features, seed=seed, epochs=args.lightfm_epochs)
@@ -415,7 +417,8 @@ def main(argv=None):
             "content_agent_no_kg": features_for(synthetic, vocab, text=False, knowledge=False),
             "content_agent_shuffled_kg": (shuffled_graph, item_mean),
         }
-        variants = {**headline, "content_agent_kg_embedding": graph, "content_agent_shuffled_kg_embedding": shuffled_graph}
+        variants = {**headline, "content_agent_kg_embedding": graph,
+                    "content_agent_shuffled_kg_embedding": shuffled_graph}
         syn = run_cold_items("synthetic", sequences, vocab, args, variants=variants, peers=False)
         result["synthetic"] = {"n_users": args.synthetic_users, "n_items": args.synthetic_items, **syn}
         for model in variants:

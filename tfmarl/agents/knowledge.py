@@ -89,13 +89,7 @@ class KnowledgeGraphEncoder(tf.keras.layers.Layer):
         if self.hops == 1 or catalog_query is None:
             return None  # call() then looks the embeddings up directly
         entities = tf.convert_to_tensor(self.entity_embeddings)
-        catalog_entities = tf.cast(catalog_entities, tf.int32)
-        num_neighbours = tf.shape(catalog_entities)[1]
-        edge_entities = tf.reshape(catalog_entities, [-1])
-        edge_items = tf.repeat(tf.range(tf.shape(catalog_entities)[0]), num_neighbours)
-        present = edge_entities > 0
-        edge_entities = tf.boolean_mask(edge_entities, present)
-        edge_items = tf.boolean_mask(edge_items, present)
+        edge_items, edge_entities = _edges(catalog_entities)
         context = tf.math.unsorted_segment_mean(tf.gather(catalog_query, edge_items), edge_entities,
                                                 self.num_entities)
         return entities + context
@@ -109,8 +103,7 @@ class KnowledgeGraphEncoder(tf.keras.layers.Layer):
         known = tf.convert_to_tensor(known)
         vectors = tf.convert_to_tensor(item_vectors) * known[:, None]
         catalog_entities = tf.cast(tf.convert_to_tensor(catalog_entities), tf.int32)
-        edge_entities = tf.reshape(catalog_entities, [-1])
-        edge_items = tf.repeat(tf.range(tf.shape(catalog_entities)[0]), tf.shape(catalog_entities)[1])
+        edge_items, edge_entities = _edges(catalog_entities)
         sums = tf.math.unsorted_segment_sum(tf.gather(vectors, edge_items), edge_entities, self.num_entities)
         counts = tf.math.unsorted_segment_sum(tf.gather(known, edge_items), edge_entities, self.num_entities)
         item_ids = tf.cast(item_ids, tf.int32)
@@ -146,3 +139,12 @@ class KnowledgeGraphEncoder(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_entities": self.num_entities, "num_relations": self.num_relations,
                 "dim": self.dim, "hops": self.hops, "entity_encoding": self.entity_encoding}
+
+
+def _edges(catalog_entities):
+    """(item index, entity index) of every present edge of an entity table [num_items, M]."""
+    catalog_entities = tf.cast(catalog_entities, tf.int32)
+    edge_entities = tf.reshape(catalog_entities, [-1])
+    edge_items = tf.repeat(tf.range(tf.shape(catalog_entities)[0]), tf.shape(catalog_entities)[1])
+    present = edge_entities > 0
+    return tf.boolean_mask(edge_items, present), tf.boolean_mask(edge_entities, present)
