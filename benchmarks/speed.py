@@ -25,6 +25,10 @@ code below drives both, with the same settings. Parts (``--parts``, default all)
   is the same for both and not counted). The tests ``make test`` leaves out (``make test-slow``;
   CI runs both) are not timed here.
 - ``demo``: wall time of ``tfmarl quickstart`` (what ``make demo`` runs) in each tree.
+- ``profile``: this tree only: where a multi-agent step's time goes, call by call, next to the
+  floating-point work of its compiled calls and the time those dots take alone on this machine
+  (`speed_profile.measure`; ``multiagent_flop_floor`` sets that floor beside the 5x target when the
+  ``multiagent`` part ran in the same invocation).
 
 Ratios are new ÷ baseline for throughputs and new ÷ baseline for times (``test_suite_ratio``,
 ``demo_ratio``: lower is better).
@@ -175,6 +179,10 @@ def probe(args) -> dict:
         return probe_rl(args.probe, args)
     if args.probe == "returns":
         return probe_returns(args)
+    if args.probe == "profile":
+        from speed_profile import measure
+
+        return measure(train_rl, rl_setup, args)
     if args.probe == "pretrain":
         from speed_pretrain import measure
 
@@ -189,14 +197,23 @@ def child_env(tree: pathlib.Path) -> dict:
     return env
 
 
+def profile_env(tree: pathlib.Path, dump_dir: str) -> dict:
+    """`child_env` with every XLA module dumped as optimised HLO text (what the profile counts)."""
+    from speed_profile import DUMP_ENV
+
+    flags = f"--xla_dump_to={dump_dir} --xla_dump_hlo_as_text"
+    return dict(child_env(tree), XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip(), **{DUMP_ENV: dump_dir})
+
+
 def run_probe(tree: pathlib.Path, part: str, args) -> dict:
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--probe", part, "--data", args.data,
                "--steps", str(args.steps), "--skip", str(args.skip), "--candidates", str(args.candidates),
                "--seed", str(args.seed), "--pretrain-epochs", str(args.pretrain_epochs),
                "--return-steps", str(args.return_steps), "--return-seeds", str(args.return_seeds),
                "--episodes", str(args.episodes), "--return-kinds", args.return_kinds]
-    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
-        subprocess.run(command + ["--probe-out", out.name], cwd=tree, env=child_env(tree), check=True)
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out, tempfile.TemporaryDirectory() as dump_dir:
+        env = profile_env(tree, dump_dir) if part == "profile" else child_env(tree)
+        subprocess.run(command + ["--probe-out", out.name], cwd=tree, env=env, check=True)
         return json.loads(pathlib.Path(out.name).read_text())
 
 
@@ -279,6 +296,18 @@ def main() -> int:
                       settings={k: getattr(args, k) for k in ("steps", "skip", "candidates", "seed", "pretrain_epochs",
                                                               "repeats")})
         for part in args.parts.split(","):
+            if part == "profile":  # this tree only: the baseline's calls are not these
+                result.setdefault("parts", {})[part] = profile = measure_tree(REPO, part, args)
+                multiagent = result.get("parts", {}).get("multiagent", {})
+                if "multiagent" in args.parts.split(",") and multiagent:
+                    baseline_rate = multiagent["baseline"]["train_steps_per_second"]
+                    result["multiagent_flop_floor"] = {
+                        "target_ms_per_step": 1000 / (5 * baseline_rate), "flop_floor_ms": profile["flop_floor_ms"],
+                        "measured_ms_per_step": 1000 / multiagent["new"]["train_steps_per_second"],
+                        "floor_speedup": round(profile["flop_floor_steps_per_second"] / baseline_rate, 2)}
+                print(json.dumps({part: profile}, indent=1), file=sys.stderr)
+                write_json(out, result)
+                continue
             # Baseline first, then this tree, back to back: the same machine state for both. The
             # throughput parts alternate ``--repeats`` times and keep each tree's median run: this
             # host's speed drifts 15-30% between minutes, more than some of the gaps measured.

@@ -118,10 +118,11 @@ def make_learner(env, **kwargs):
     return MultiAgentLearner(env, shared_model(), FACETS, **{**options, **kwargs})
 
 
-def make_trainer(env, tmp=None, **learner_kwargs):
+def make_trainer(env, tmp=None, log_dir=None, **learner_kwargs):
     learner = make_learner(env, **learner_kwargs)
     trainer = MultiAgentTrainer(learner, env, VECTORS, np.ones(NUM_ITEMS), batch_size=32, warmup_steps=5,
-                                epsilon=0.2, checkpoint_dir=tmp, reward=AdaptiveReward({"diversity": 0.0}))
+                                epsilon=0.2, checkpoint_dir=tmp, log_dir=log_dir,
+                                reward=AdaptiveReward({"diversity": 0.0}))
     return learner, trainer
 
 
@@ -203,6 +204,27 @@ def test_heads_learn_from_a_stream_of_logged_feedback(tmp_path):
         resumed.learn_from([(*bad[:3], {k: v for k, v in bad[3].items() if k != "chosen_slot"})])
     with pytest.raises(ValueError, match="must hold the trainer's 16 sessions"):
         resumed.learn_from([(bad[0], bad[1][:3], bad[2], bad[3])])
+
+
+def test_histograms_are_computed_only_for_a_log_dir(tmp_path):
+    """With a log_dir every log point writes the heads' value histograms beside the scalars;
+    without one the extra pass over the network that they need is never run."""
+    from test_rl import event_values
+
+    env = FacetWorld()
+    env.step = env.reset = None
+    _, logged = make_trainer(env, log_dir=tmp_path)
+    logged.learn_from(logged_feedback(12), log_every=6)
+    tags = event_values(tmp_path)
+    assert [step for step, _ in tags["multiagent/facet_probabilities"]] == [6, 12]
+    assert {"multiagent/proposal_q", "multiagent/critic_q", "reward_weights/diversity"} <= set(tags)
+    _, silent = make_trainer(env)
+
+    def values(_):
+        raise AssertionError("histogram values computed without a log_dir")
+
+    silent._values = values
+    assert [p["step"] for p in silent.learn_from(logged_feedback(12), log_every=6).curve] == [6, 12]
 
 
 def test_xla_step_functions_compute_what_the_plain_ones_do(monkeypatch):

@@ -243,12 +243,17 @@ class MultiAgentLearner:
         if self.trainable_encoders:
             groups.append(self.network.encoder_variables)
         with tf.GradientTape() as tape:
-            both = tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), now, nxt)
             if "state" in sample:  # frozen agents: the states were computed when acting
                 state = tf.concat([sample["state"][:, 0], sample["state"][:, 1]], 0)
-                items = self.network.encode_items(both["candidates"])
+                next_items = self.network.encode_items(nxt["candidates"])
+                # Of the current candidates only the chosen ones are read: encode just those.
+                chosen_items = lambda chosen: self.network.encode_items(  # noqa: E731
+                    tf.gather(now["candidates"], chosen, batch_dims=1))
             else:
+                both = tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), now, nxt)
                 state, items = self.network.encode(both)  # the one shared pass
+                next_items = items[b:]
+                chosen_items = lambda chosen: tf.gather(items[:b], chosen, batch_dims=1)  # noqa: E731
             # A TD loss needs each head's value at its own action only: one candidate per row
             # (all F facets for the interest head, whose entropy the temperature also follows).
             actions = {name: tf.cast(sample["actions"][name][:, 0], tf.int32) for name in self.heads}
@@ -260,14 +265,13 @@ class MultiAgentLearner:
                     continue
                 # One item per row: adapted directly, not through the whole adapted catalog.
                 chosen = actions[name][:, None]
-                values = self.network.head_values(name, state[:b], tf.gather(items[:b], chosen, batch_dims=1),
-                                                  now["step"])
+                values = self.network.head_values(name, state[:b], chosen_items(chosen), now["step"])
                 current[name] = values[:, 0]
             if self.trainable_encoders:
                 target_encoding = self.target_network.encode(nxt)
             else:  # frozen agents: the target's layers equal the online ones, so their encoding is shared
-                target_encoding = (state[b:], items[b:])
-            bootstrap = self._bootstrap((state[b:], items[b:]), target_encoding, nxt)
+                target_encoding = (state[b:], next_items)
+            bootstrap = self._bootstrap((state[b:], next_items), target_encoding, nxt)
             losses = {}
             for name in self.heads:
                 q = current[name]

@@ -107,16 +107,20 @@ class MultiAgentTrainer:
             rng_file = self._checkpoint_dir / RNG_STATE_FILE
             if rng_file.exists():  # so a resumed run explores as the uninterrupted one would
                 self._rng.bit_generator.state = json.loads(rng_file.read_text())
+        # Without a log_dir nothing is written, so the histograms' extra pass over the network is skipped.
+        self._histograms = log_dir is not None
         self._writer = (tf.summary.create_file_writer(str(log_dir)) if log_dir is not None
                         else tf.summary.create_noop_writer())
         if states_from_env and not learner.stores_states:
             raise ValueError("states_from_env needs frozen agents (trainable_encoders=False): fine-tuned agents "
                              "drift away from the retriever's")
         self._states_from_env = bool(states_from_env)
-        self._act = step_function(lambda obs, state=None: learner.act_with_state(obs, sample=True, state=state),
-                                  distributed=learner.distributed)
+        def act(observation, state=None):
+            return learner.act_with_state(observation, sample=True, state=state)
+
+        self._act = step_function(act, distributed=learner.distributed)
         self._encode_state = tf.function(learner.network.encode_state)
-        self._values = tf.function(learner.values)
+        self._values = step_function(learner.values, distributed=learner.distributed)
         self._batch_size = int(batch_size)
         # One call per environment step stores its transitions, samples and takes the joint step
         # (XLA-compiled inside; sampling has no XLA kernels): no host round trip in between.
@@ -304,6 +308,8 @@ class MultiAgentTrainer:
                     continue
                 tag = (f"reward_weights/{key[7:]}" if key.startswith("weight/") else f"multiagent/{key}")
                 tf.summary.scalar(tag, value, step=done)
+            if not self._histograms:
+                return point
             observation = {k: tf.convert_to_tensor(v) for k, v in observation.items()}
             q_interest, proposal_q, critic_q = self._values(observation)
             tf.summary.histogram("multiagent/facet_probabilities", self.learner.facet_probabilities(q_interest),
