@@ -297,7 +297,8 @@ def main() -> int:
                                                               "repeats")})
         for part in args.parts.split(","):
             if part == "profile":  # this tree only: the baseline's calls are not these
-                result.setdefault("parts", {})[part] = profile = measure_tree(REPO, part, args)
+                profile = dict(measure_tree(REPO, part, args), machine=machine(), commit=result["new"])
+                result.setdefault("parts", {})[part] = profile
                 multiagent = result.get("parts", {}).get("multiagent", {})
                 if "multiagent" in args.parts.split(",") and multiagent:
                     baseline_rate = multiagent["baseline"]["train_steps_per_second"]
@@ -316,7 +317,9 @@ def main() -> int:
             old, new = (median_run([r[i] for r in runs]) for i in (0, 1))
             if rounds > 1:
                 old, new = dict(old, runs=[r[0] for r in runs]), dict(new, runs=[r[1] for r in runs])
-            result.setdefault("parts", {})[part] = {"baseline": old, "new": new}
+            # Parts of one file may come from runs on different hosts: each records its own.
+            result.setdefault("parts", {})[part] = {"baseline": old, "new": new, "machine": machine(),
+                                                    "commit": result["new"]}
             if part in RL_PARTS:
                 rate = "train_steps_per_second"
                 result[f"{part}_speedup"] = round(new[rate] / old[rate], 2)
