@@ -182,7 +182,7 @@ def probe(args) -> dict:
     if args.probe == "profile":
         from speed_profile import measure
 
-        return measure(train_rl, rl_setup, args)
+        return measure(args, rl_setup=rl_setup, train_rl=train_rl, step_clock=StepClock)
     if args.probe == "pretrain":
         from speed_pretrain import measure
 
@@ -299,7 +299,7 @@ def main() -> int:
             if part == "profile":  # this tree only: the baseline's calls are not these
                 profile = dict(measure_tree(REPO, part, args), machine=machine(), commit=result["new"])
                 result.setdefault("parts", {})[part] = profile
-                multiagent = result.get("parts", {}).get("multiagent", {})
+                multiagent = result["parts"].get("multiagent")
                 if "multiagent" in args.parts.split(",") and multiagent:
                     baseline_rate = multiagent["baseline"]["train_steps_per_second"]
                     result["multiagent_flop_floor"] = {

@@ -70,9 +70,13 @@ def _einsum(dot: dict) -> str:
         batch.append(lhs[i])
     for i, j in zip(dot["lhs_contracting_dims"], dot["rhs_contracting_dims"]):
         lhs[i] = rhs[j] = next(letters)
-    free_l = [lhs.__setitem__(i, next(letters)) or lhs[i] for i in range(len(lhs)) if lhs[i] is None]
-    free_r = [rhs.__setitem__(i, next(letters)) or rhs[i] for i in range(len(rhs)) if rhs[i] is None]
-    return f"{''.join(lhs)},{''.join(rhs)}->{''.join(batch + free_l + free_r)}"
+    free = []  # what is left of lhs, then of rhs: the output's order after the batch
+    for labels in (lhs, rhs):
+        for i, label in enumerate(labels):
+            if label is None:
+                labels[i] = next(letters)
+                free.append(labels[i])
+    return f"{''.join(lhs)},{''.join(rhs)}->{''.join(batch + free)}"
 
 
 def time_dots(dots: list, repeats: int = 50) -> float:
@@ -100,6 +104,7 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
     import tensorflow as tf
 
     a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
+
     @tf.function(jit_compile=True)
     def peak_matmul(x, y):
         return tf.matmul(x, y)
@@ -122,10 +127,11 @@ def compiled_modules(dump_dir: str) -> dict:
 
 
 class CallTimer:
-    """Wall time of every call of the loop's steps (each synchronised on its outputs)."""
+    """Wall time of every call of the loop (each synchronised on its outputs), with the moment it
+    ended, so that calls can be kept from a given time stamp on."""
 
     def __init__(self):
-        self.times = collections.defaultdict(list)
+        self.calls = collections.defaultdict(list)  # key -> [(ended, seconds)]
 
     def wrap(self, owner, attribute: str, key: str, sync: bool = False):
         import tensorflow as tf
@@ -137,17 +143,21 @@ class CallTimer:
             out = original(*args, **kwargs)
             if sync:  # eager results may still be running: wait for them
                 [t.numpy() for t in tf.nest.flatten(out) if hasattr(t, "numpy")]
-            self.times[key].append(time.perf_counter() - began)
+            ended = time.perf_counter()
+            self.calls[key].append((ended, ended - began))
             return out
 
         setattr(owner, attribute, timed)
 
-    def reset(self):
-        self.times.clear()
+    def since(self, stamp: float) -> dict:
+        """key -> the durations of the calls that ended after ``stamp``."""
+        return {key: [seconds for ended, seconds in calls if ended > stamp] for key, calls in self.calls.items()}
 
 
-def measure(train_rl, rl_setup, args) -> dict:
-    """Profiles the multi-agent loop of ``speed.train_rl`` (``args``: its settings)."""
+def measure(args, *, rl_setup, train_rl, step_clock) -> dict:
+    """Profiles the multi-agent loop of ``speed.train_rl`` (``args``: its settings), timed
+    between the ``args.skip``-th environment step and the last by ``step_clock``
+    (`speed.StepClock`), as the throughput parts are."""
     import numpy as np
     from tfmarl.envs.candidates import CandidateSessionEnvironment
     from tfmarl.envs.session import SessionEnvironment
@@ -172,26 +182,17 @@ def measure(train_rl, rl_setup, args) -> dict:
         timer.wrap(self, "_add_and_train", "add_and_train", sync=True)
 
     trainer.MultiAgentTrainer.__init__ = init
-    stamps = []
-    original_step = CandidateSessionEnvironment._step  # the timer's wrapper
-
-    def stamped(self, action):
-        out = original_step(self, action)
-        stamps.append(time.perf_counter())
-        if len(stamps) == args.skip + 1:  # steady state from here: drop the warm-up calls
-            timer.reset()
-        return out
-
-    CandidateSessionEnvironment._step = stamped
+    step_clock.install()  # stamps every environment step (outside the step's own timer)
     try:
         train_rl("multiagent", args, model, user_model, counts, args.steps, args.seed)
     finally:
-        CandidateSessionEnvironment._step = original_step
         trainer.MultiAgentTrainer.__init__ = original_init
-    steps = len(stamps) - 1 - args.skip
-    step_ms = 1000 * (stamps[-1] - stamps[args.skip]) / steps
+    rates = step_clock.rates(args.skip)
+    steps, step_ms = rates["timed_steps"], 1000 / rates["train_steps_per_second"]
+    # The calls of the timed steps: those that ended after the skip-th step's stamp.
+    times = timer.since(step_clock.stamps[args.skip])
     calls = {key: {"median_ms": 1000 * float(np.median(v)), "mean_ms_per_step": 1000 * float(np.sum(v)) / steps,
-                   "calls": len(v)} for key, v in timer.times.items()}
+                   "calls": len(v)} for key, v in times.items()}
     # The environment step holds the simulator and the next retrieval: its own share is the rest.
     env_step = calls.pop("environment_step")
     calls["environment_step_other"] = {"mean_ms_per_step": env_step["mean_ms_per_step"]

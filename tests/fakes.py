@@ -1,12 +1,14 @@
 """The tests' shared fakes, in one place: small fitted worlds, a random slate policy and a numpy
 stand-in for `tfmarl.rl.CandidateRetriever` (the `tfmarl.envs` tests), the cycle sequences and the
-`RLWorld` behind the session fixtures of conftest.py. Holds no tests.
+`RLWorld` behind the session fixtures of conftest.py, and `event_values`, a reader of the
+TensorBoard event files a test wrote. Holds no tests.
 
 The worlds are cached, so the test modules that use them fit each one once per session; tests
 that break a model do it on a `dataclasses.replace` copy.
 """
 
 import functools
+import pathlib
 
 import numpy as np
 
@@ -123,3 +125,15 @@ class RLWorld:
         return PerArmBanditEnvironment(self.user_model, self.retriever, self.retriever.item_vectors,
                                        self.num_candidates, config=self.config, batch_size=batch_size, seed=seed,
                                        arm_features=arm_features)
+
+
+def event_values(log_dir) -> dict:
+    """tag -> [(step, value)] from the TensorBoard event files under ``log_dir``."""
+    values = {}
+    for path in sorted(pathlib.Path(log_dir).rglob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                data = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
+                values.setdefault(value.tag, []).append((event.step, data))
+    return values

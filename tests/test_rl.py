@@ -10,7 +10,6 @@ later). The session simulator itself is tested in test_envs_session.py.
 
 import tfmarl  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
-import pathlib
 import types
 
 import numpy as np
@@ -26,6 +25,7 @@ from tf_agents.specs import array_spec
 from tf_agents.trajectories import policy_step
 from tf_agents.trajectories import time_step as ts
 
+from fakes import event_values
 from tfmarl.envs import run_episodes
 from tfmarl.envs.bandit import PerArmBanditEnvironment
 from tfmarl.envs.candidates import CandidateSessionEnvironment
@@ -45,18 +45,6 @@ def distinct_rows(a) -> bool:
 
 def tf_first_step(observation, batch_size):
     return ts.restart(tf.nest.map_structure(tf.constant, observation), batch_size=batch_size)
-
-
-def event_values(log_dir) -> dict:
-    """tag -> [(step, value)] from the TensorBoard event files under ``log_dir``."""
-    values = {}
-    for path in sorted(pathlib.Path(log_dir).rglob("events.out.tfevents.*")):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                data = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
-                values.setdefault(value.tag, []).append((event.step, data))
-    return values
 
 
 # --- a per-arm bandit whose answer is known --------------------------------------------------

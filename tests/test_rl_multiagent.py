@@ -13,6 +13,7 @@ from tf_agents.environments import py_environment
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
 
+from fakes import event_values
 from tfmarl.rl.multiagent import (AdaptiveReward, Facets, MultiAgentLearner, MultiAgentTrainer, allocate_slots,
                                   build_facets, compose_slate, kmeans, slate_diversity)
 
@@ -209,8 +210,6 @@ def test_heads_learn_from_a_stream_of_logged_feedback(tmp_path):
 def test_histograms_are_computed_only_for_a_log_dir(tmp_path):
     """With a log_dir every log point writes the heads' value histograms beside the scalars;
     without one the extra pass over the network that they need is never run."""
-    from test_rl import event_values
-
     env = FacetWorld()
     env.step = env.reset = None
     _, logged = make_trainer(env, log_dir=tmp_path)

@@ -109,12 +109,13 @@ class MultiAgentTrainer:
                 self._rng.bit_generator.state = json.loads(rng_file.read_text())
         # Without a log_dir nothing is written, so the histograms' extra pass over the network is skipped.
         self._histograms = log_dir is not None
-        self._writer = (tf.summary.create_file_writer(str(log_dir)) if log_dir is not None
+        self._writer = (tf.summary.create_file_writer(str(log_dir)) if self._histograms
                         else tf.summary.create_noop_writer())
         if states_from_env and not learner.stores_states:
             raise ValueError("states_from_env needs frozen agents (trainable_encoders=False): fine-tuned agents "
                              "drift away from the retriever's")
         self._states_from_env = bool(states_from_env)
+
         def act(observation, state=None):
             return learner.act_with_state(observation, sample=True, state=state)
 
