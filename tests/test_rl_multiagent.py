@@ -252,6 +252,29 @@ def test_xla_step_functions_compute_what_the_plain_ones_do(monkeypatch):
     assert trainers[0].learn_from(logged_feedback(8, seed=3)).train_steps_per_second > 0  # the XLA train step
 
 
+def test_transition_packer_round_trips_the_replay_layout():
+    """The trainer passes its ~20 transition fields to the compiled add-and-train call as one
+    array per dtype; unpacked inside, they are the fields (shapes, dtypes, values) it packed."""
+    from tfmarl.rl.multiagent.trainer import TransitionPacker
+
+    spec = {"step_type": tf.TensorSpec((), tf.int32), "discount": tf.TensorSpec((), tf.float32),
+            "observation": {"history": tf.TensorSpec((5,), tf.int32), "candidates": tf.TensorSpec((3,), tf.int32)},
+            "rewards": {"a": tf.TensorSpec((), tf.float32)}, "state": tf.TensorSpec((2, 2), tf.float32)}
+    rng = np.random.default_rng(0)
+    transition = tf.nest.map_structure(
+        lambda s: (rng.integers(0, 100, (4, *s.shape)) if s.dtype == tf.int32  # int64 arrays: cast on packing
+                   else rng.normal(size=(4, *s.shape))), spec)
+    packer = TransitionPacker(spec)
+    packed = packer.pack(transition)
+    assert sorted(a.shape for a in packed) == [(4, 2 + 4), (4, 1 + 5 + 3)]
+    unpacked = tf.function(lambda *arrays: packer.unpack(arrays))(*packed)
+    for leaf, want, got in zip(tf.nest.flatten(spec), tf.nest.flatten(transition), tf.nest.flatten(unpacked)):
+        assert got.dtype == leaf.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want.astype(leaf.dtype.as_numpy_dtype))
+    with pytest.raises((ValueError, TypeError)):
+        packer.pack({k: v for k, v in transition.items() if k != "state"})
+
+
 def test_temperature_tracks_the_entropy_target(trained):
     _, learner, result = trained
     assert result.curve[-1]["temperature"] != pytest.approx(1.0)
@@ -529,6 +552,40 @@ def test_value_head_computes_what_its_direct_form_does(rows):
         np.testing.assert_allclose(a.numpy(), b_.numpy(), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(head(state, items, step, base=base).numpy(),
                                head.naive_call(state, items, step, base=base).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("hidden_units", [(16,), (8, 4)])
+def test_stacked_heads_compute_what_each_head_does_alone(hidden_units):
+    """`MultiAgentNetwork.stacked_values` (every item head in one batched product per layer) gives
+    each head's own `head_values`, and the same gradients: on shared candidates (acting, with and
+    without their ids) and on one own row per head (a train step's chosen items); with fewer rows
+    than units (rows adapted directly) and more (the per-state weights), one layer or two."""
+    env = FacetWorld()
+    learner = make_learner(env, hidden_units=hidden_units)
+    network = learner.network
+    rng = np.random.default_rng(3)
+    for v in network.trainable_variables:  # away from the identity start, so a wrong weight shows
+        v.assign(v + rng.normal(scale=0.3, size=v.shape).astype(np.float32))
+    observation = {k: tf.convert_to_tensor(v) for k, v in env.reset().observation.items()}
+    state, items = network.encode(observation)
+    names = learner.heads[1:]
+    step, candidates = observation["step"], observation["candidates"]
+    own = tf.constant(rng.normal(size=(len(names), *items.shape[:1], 1, items.shape[-1])), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        cases = [(network.stacked_values(names, state, items, step, candidates),
+                  tf.stack([network.head_values(n, state, items, step, candidates) for n in names])),
+                 (network.stacked_values(names, state, items, step),
+                  tf.stack([network.head_values(n, state, items, step) for n in names])),
+                 (network.stacked_values(names, state, own, step),
+                  tf.stack([network.head_values(n, state, own[i], step) for i, n in enumerate(names)]))]
+    for stacked, alone in cases:
+        assert stacked.shape == alone.shape
+        np.testing.assert_allclose(stacked.numpy(), alone.numpy(), rtol=1e-4, atol=1e-4)
+        variables = [v for n in names for v in network.head(n).trainable_variables]
+        for a, b in zip(tape.gradient(stacked, variables), tape.gradient(alone, variables)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="interest"):
+        network.stacked_values(["interest"], state, items, step)
 
 
 def test_learner_gives_new_item_slots_to_items_its_content_agent_never_trained_on():

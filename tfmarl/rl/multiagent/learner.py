@@ -1,8 +1,9 @@
 """`MultiAgentLearner`: centralised training of the agents' RL heads, one joint TD step at a time.
 
 Every train step encodes the sampled observations and next observations in **one pass** of the
-shared agents (`MultiAgentNetwork.encode`), evaluates every head on it, and takes one gradient
-step on the sum of the heads' TD losses:
+shared agents (`MultiAgentNetwork.encode`), evaluates every head on it (the item heads at their
+chosen candidates in one stacked pass, `MultiAgentNetwork.stacked_values`), and takes one
+gradient step on the sum of the heads' TD losses:
 
 - critic (System agent): Double DQN on the global reward,
   ``y = r + gamma * Q'(s', argmax_c Q(s', c))``;
@@ -257,16 +258,14 @@ class MultiAgentLearner:
             # A TD loss needs each head's value at its own action only: one candidate per row
             # (all F facets for the interest head, whose entropy the temperature also follows).
             actions = {name: tf.cast(sample["actions"][name][:, 0], tf.int32) for name in self.heads}
-            current = {}
-            for name in self.heads:
-                if name == "interest":
-                    interest = self.network.head_values(name, state[:b], None, now["step"])
-                    current[name] = tf.gather(interest, actions[name], batch_dims=1)
-                    continue
-                # One item per row: adapted directly, not through the whole adapted catalog.
-                chosen = actions[name][:, None]
-                values = self.network.head_values(name, state[:b], chosen_items(chosen), now["step"])
-                current[name] = values[:, 0]
+            interest = self.network.head_values("interest", state[:b], None, now["step"])
+            current = {"interest": tf.gather(interest, actions["interest"], batch_dims=1)}
+            # The item heads together, one chosen candidate each per row: [k, B, 1, D] rows.
+            item_heads = self.heads[1:]
+            chosen = chosen_items(tf.stack([actions[name] for name in item_heads], 1))  # [B, k, D]
+            values = self.network.stacked_values(item_heads, state[:b], tf.transpose(chosen, [1, 0, 2])[:, :, None],
+                                                 now["step"])
+            current.update({name: values[i, :, 0] for i, name in enumerate(item_heads)})
             if self.trainable_encoders:
                 target_encoding = self.target_network.encode(nxt)
             else:  # frozen agents: the target's layers equal the online ones, so their encoding is shared

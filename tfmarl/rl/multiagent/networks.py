@@ -40,11 +40,9 @@ class _ValueHead(tf.keras.layers.Layer):
     """Q(s, x) for every row of ``x`` [B, X, D]: an MLP on [s ⊙ x', x', s', step] (x' = A x and
     s' = U s, the identity-initialised adapters) plus a learned multiple of <s', x'>.
 
-    The first layer is computed without materialising the [B, X, 3D + 1] input: its state and
-    step blocks are the same for every row of ``x``, and ``(s' ⊙ A x) K1 + (A x) K2 =
-    x · A (diag(s') K1 + K2)``, so each of the X rows costs one D × H product instead of an
-    adapter (D × D) and a (3D + 1) × H layer. The weights are the plain layers' (`naive_call`
-    computes the same values the direct way).
+    The values are computed without materialising the [B, X, 3D + 1] input (`stacked_call`,
+    which also evaluates several heads in one pass). The weights are the plain layers'
+    (`naive_call` computes the same values the direct way).
     """
 
     def __init__(self, dim: int, hidden_units=(64,), dot_scale: float = 1.0, **kwargs):
@@ -70,32 +68,10 @@ class _ValueHead(tf.keras.layers.Layer):
         """Q [B, X]. ``adapted_items`` [B, X, D], when given, are ``items`` already multiplied by
         the item adapter (e.g. gathered from the adapted catalog): the adapter is then skipped.
         Otherwise the cheaper of adapting the X rows and folding the adapter into the per-state
-        weights is taken (by the static X)."""
-        s = self.user_adapter(state)  # [B, D]
-        first = (self.hidden or [self.out])[0]
-        d = self.dim
-        k1, k2, k3, k4 = first.kernel[:d], first.kernel[d:2 * d], first.kernel[2 * d:3 * d], first.kernel[3 * d:]
-        per_row = s[:, :, None] * k1[None] + k2[None]  # diag(s') K1 + K2: [B, D, H]
-        rows_per_state = items.shape[-2] if adapted_items is None else None
-        if rows_per_state is not None and rows_per_state <= first.units:
-            # Few rows (a train step's chosen candidates): adapting them costs X D^2 per state,
-            # folding the adapter into the weights D^2 H.
-            adapted_items = self.item_adapter(items)
-        if adapted_items is None:  # fold the adapter into the per-row weights
-            per_row, rows = tf.matmul(self.item_adapter.kernel, per_row), items
-        else:
-            rows = adapted_items
-        shared = tf.matmul(s, k3) + tf.cast(step, s.dtype)[:, None] * k4 + first.bias  # [B, H]
-        x = first.activation(tf.matmul(rows, per_row) + shared[:, None, :])
-        for layer in (self.hidden[1:] + [self.out]) if self.hidden else []:
-            x = layer(x)
-        if base is not None:
-            affinity = base
-        elif adapted_items is None:  # <s', x A> = x · (s' A^T)
-            affinity = tf.matmul(items, tf.matmul(s, self.item_adapter.kernel, transpose_b=True)[:, :, None])[..., 0]
-        else:
-            affinity = tf.reduce_sum(adapted_items * s[:, None, :], -1)
-        return tf.squeeze(x, -1) + self.dot_scale * affinity
+        weights is taken (by the static X). `stacked_call` of this head alone."""
+        if adapted_items is not None:
+            return stacked_call([self], state, step, adapted_items=adapted_items[None], bases=[base])[0]
+        return stacked_call([self], state, step, items=items[None], bases=[base])[0]
 
     def naive_call(self, state, items, step, base=None):
         """`call` computed the direct way (the reference its tests compare with)."""
@@ -108,6 +84,65 @@ class _ValueHead(tf.keras.layers.Layer):
             x = layer(x)
         affinity = tf.reduce_sum(s_x * v, -1) if base is None else base
         return tf.squeeze(x, -1) + self.dot_scale * affinity
+
+
+def stacked_call(heads, state, step, items=None, adapted_items=None, bases=None):
+    """`_ValueHead` values of k heads of one architecture at once: Q [k, B, X], head i on the same
+    ``state`` [B, D] and ``step`` [B] and its own rows: ``items[i]`` [B, X, D], or
+    ``adapted_items[i]`` (rows already multiplied by its item adapter); plus ``bases[i]`` [B, X]
+    (None: <s', x'>).
+
+    The first layer never builds the [B, X, 3D + 1] input: its state and step blocks are the same
+    for every row. Few rows (X <= H, known statically) are adapted and go through
+    ``[s' ⊙ x', x'] [K1; K2]``, one plain product; many go through ``x' (diag(s') K1 + K2)``, one
+    D x H product per row, with the adapter folded into those per-state weights when the rows
+    are not adapted yet. With few rows every layer is one batched product over the heads instead
+    of k small ones (at a train step's shapes each product's fixed cost outweighs its
+    arithmetic); many rows go head by head, which XLA's CPU code runs faster.
+    """
+    k = len(heads)
+    first = [(h.hidden or [h.out])[0] for h in heads]
+    d, units = heads[0].dim, first[0].units
+    rows = (items if adapted_items is None else adapted_items).shape[-2]
+    few = rows is not None and rows <= units
+    bases = bases or [None] * k
+    if k > 1 and not few:
+        return tf.stack([stacked_call([head], state, step, bases=[bases[i]],
+                                      items=None if items is None else items[i:i + 1],
+                                      adapted_items=None if adapted_items is None else adapted_items[i:i + 1])[0]
+                         for i, head in enumerate(heads)])
+    kernel = tf.stack([layer.kernel for layer in first])  # [k, 3D + 1, H]
+    adapters = tf.stack([h.item_adapter.kernel for h in heads])  # [k, D, D]
+    s = tf.einsum("bd,kde->kbe", state, tf.stack([h.user_adapter.kernel for h in heads]))  # [k, B, D]
+    shared = (tf.einsum("kbd,kdh->kbh", s, kernel[:, 2 * d:3 * d])
+              + tf.cast(step, s.dtype)[None, :, None] * kernel[:, None, 3 * d]
+              + tf.stack([layer.bias for layer in first])[:, None, :])  # [k, B, H]
+    x = adapted_items
+    if few:  # adapting the rows costs X D^2 per state, folding the adapter into the weights D^2 H
+        if x is None:
+            x = tf.einsum("kbxd,kde->kbxe", items, adapters)
+        pre = tf.einsum("kbxd,kdh->kbxh", tf.concat([s[:, :, None] * x, x], -1), kernel[:, :2 * d])
+    else:
+        per_row = s[..., None] * kernel[:, None, :d] + kernel[:, None, d:2 * d]  # diag(s') K1 + K2 [k, B, D, H]
+        if x is None:
+            per_row = tf.einsum("kde,kbeh->kbdh", adapters, per_row)
+        values = items if x is None else x
+        pre = tf.matmul(values[0], per_row[0])[None]  # one head (k = 1)
+    out = first[0].activation(pre + shared[:, :, None])
+    for depth in range(1, len(heads[0].hidden) + 1):
+        layers = [(h.hidden + [h.out])[depth] for h in heads]
+        out = layers[0].activation(tf.einsum("kbxh,khg->kbxg", out, tf.stack([layer.kernel for layer in layers]))
+                                   + tf.stack([layer.bias for layer in layers])[:, None, None, :])
+    if all(base is not None for base in bases):
+        affinity = tf.stack(bases)
+    else:
+        if x is not None:  # <s', x'>
+            affinity = tf.reduce_sum(x * s[:, :, None], -1)
+        else:  # <s', x A> = x · (s' A^T)
+            affinity = tf.einsum("kbxd,kbd->kbx", items, tf.einsum("kbe,kde->kbd", s, adapters))
+        affinity = tf.stack([affinity[i] if base is None else base for i, base in enumerate(bases)])
+    scales = tf.stack([h.dot_scale for h in heads])[:, None, None]
+    return out[..., 0] + scales * affinity
 
 
 class MultiAgentNetwork(network.Network):
@@ -199,12 +234,41 @@ class MultiAgentNetwork(network.Network):
         out = {}
         if "interest" in names:
             out["interest"] = self.head_values("interest", state, None, step)
-        if "proposals" in names:
-            out["proposals"] = tf.stack([self.head_values(f"proposal_{m}", state, items, step, candidates)
-                                         for m in range(self.num_proposers)], axis=1)
+        stacked = [f"proposal_{m}" for m in range(self.num_proposers)] if "proposals" in names else []
         if "critic" in names and self.critic_head is not None:
-            out["critic"] = self.head_values("critic", state, items, step, candidates)
+            stacked.append("critic")
+        if stacked:
+            values = self.stacked_values(stacked, state, items, step, candidates)  # [k, B, X]
+            if "proposals" in names:
+                out["proposals"] = tf.transpose(values[:self.num_proposers], [1, 0, 2])
+            if "critic" in stacked:
+                out["critic"] = values[-1]
         return out
+
+    def stacked_values(self, names, state, items, step, candidates=None):
+        """`head_values` of several item heads (``proposal_<m>``, ``critic``) at once: [k, B, X]
+        (`stacked_call`). ``items`` [B, X, D] are every head's rows (acting on the candidates,
+        whose ids ``candidates`` let each head adapt the catalog once, as in `heads`), or
+        [k, B, X, D], head i's own rows (a train step's chosen items)."""
+        if "interest" in names:
+            raise ValueError("the interest head reads the facet centroids: use head_values('interest', ...)")
+        heads = [self.head(name) for name in names]
+        if not all(head.built for head in heads):  # the first call (create_variables) builds them one by one
+            shared = items.shape.rank == 3
+            return tf.stack([self.head_values(name, state, items if shared else items[i], step, candidates)
+                             for i, name in enumerate(names)])
+        shared = items.shape.rank == 3
+        bases = [self.system_agent.score(state, items if shared else items[i]) if name == "critic" else None
+                 for i, name in enumerate(names)]
+        step = tf.cast(step, tf.float32) / self._max_steps
+        if shared and candidates is not None and self.content_agent.num_items <= CATALOG_PASS_MAX_ITEMS:
+            catalog = self.content_agent.catalog(training=False)
+            adapted = tf.stack([tf.gather(tf.matmul(catalog, head.item_adapter.kernel), tf.cast(candidates, tf.int32))
+                                for head in heads])  # [k, B, X, D]
+            return stacked_call(heads, state, step, adapted_items=adapted, bases=bases)
+        if shared:
+            items = tf.broadcast_to(items[None], tf.concat([[len(heads)], tf.shape(items)], 0))
+        return stacked_call(heads, state, step, items=items, bases=bases)
 
     def head_values(self, name, state, items, step, candidates=None):
         """One head's values [B, X] for ``items`` [B, X, D] (ids ``candidates`` [B, X], as in
