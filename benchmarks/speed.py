@@ -65,7 +65,8 @@ class StepClock:
     def install(cls):
         from tfmarl.envs.candidates import CandidateSessionEnvironment
 
-        original = CandidateSessionEnvironment._step
+        name = "_session_step" if hasattr(CandidateSessionEnvironment, "_session_step") else "_step"
+        original = getattr(CandidateSessionEnvironment, name)
 
         def timed_step(self, action):
             out = original(self, action)
@@ -73,7 +74,7 @@ class StepClock:
             cls.cpu.append(time.process_time())
             return out
 
-        CandidateSessionEnvironment._step = timed_step
+        setattr(CandidateSessionEnvironment, name, timed_step)
 
     @classmethod
     def rates(cls, skip: int) -> dict:

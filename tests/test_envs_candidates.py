@@ -3,6 +3,7 @@ and the TF-Agents contract (`validate_py_environment`) for slates of several ite
 environments included."""
 
 import dataclasses
+import threading
 import types
 
 import numpy as np
@@ -143,3 +144,66 @@ def test_candidate_env_rejects_bad_arguments(model):
     env = CandidateSessionEnvironment(session, make_retrieve(model, N - 1), N)
     with pytest.raises(ValueError, match=r"retrieve returned shape \(4, 7\), expected \(4, 8\)"):
         env.reset()
+
+
+def test_begin_step_retrieves_in_a_worker_and_matches_step(model):
+    """`begin_step` returns the session's step at once and retrieves the next candidates in its
+    worker thread; ``result()`` gives what `step` gives, episode ends included."""
+    threads = []
+    retrieve = make_retrieve(model)
+
+    def recording_retrieve(history):
+        threads.append(threading.current_thread().name)
+        return retrieve(history)
+
+    stepped, begun = candidate_env(model, seed=3), candidate_env(model, seed=3, retrieve=recording_retrieve)
+    expected, time_step = stepped.reset(), begun.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(2 * CONFIG.max_steps + 1):  # across episode ends
+        positions = np.stack([rng.permutation(N)[:3] for _ in range(4)]).astype(np.int32)
+        expected = stepped.step(positions)
+        pending = begun.begin_step(positions)
+        assert "candidates" not in pending.session_step.observation
+        np.testing.assert_array_equal(pending.session_step.step_type, expected.step_type)
+        np.testing.assert_array_equal(pending.session_step.reward, expected.reward)
+        np.testing.assert_array_equal(begun.last_info["chosen_slot"], stepped.last_info["chosen_slot"])
+        time_step = pending.result()
+        assert begun.current_time_step() is time_step
+        for key, value in expected.observation.items():
+            np.testing.assert_array_equal(time_step.observation[key], value)
+        np.testing.assert_array_equal(begun.last_user_state, stepped.last_user_state)
+    assert threads[0] == "MainThread" and set(threads[1:]) == {"tfmarl-retrieval_0"}  # reset retrieves in place
+    # A step begun and not awaited is settled by the next call, in order.
+    pending = begun.begin_step(positions)
+    again = begun.step(positions)
+    expected = stepped.step(positions)
+    expected = stepped.step(positions)
+    np.testing.assert_array_equal(again.observation["candidates"], expected.observation["candidates"])
+    assert pending.result().observation["history"].shape == again.observation["history"].shape
+    begun.close()
+    stepped.close()
+
+
+def test_begin_step_errors(model):
+    env = candidate_env(model)
+    with pytest.raises(ValueError, match=r"begin_step before reset\(\)"):
+        env.begin_step(np.zeros((4, 3), np.int32))
+    calls = []
+    retrieve = make_retrieve(model)
+
+    def failing_once(history):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("retrieval service down")
+        return retrieve(history)
+
+    env = candidate_env(model, retrieve=failing_once)
+    env.reset()
+    positions = np.tile(np.arange(3, dtype=np.int32), (4, 1))
+    pending = env.begin_step(positions)
+    with pytest.raises(RuntimeError, match="retrieval service down"):
+        pending.result()
+    assert env.reset().observation["candidates"].shape == (4, N)  # the failure is raised once, then gone
+    with pytest.raises(ValueError, match="slate positions must have shape"):
+        env.begin_step(positions[:2])  # checked before anything is retrieved
+    env.close()

@@ -169,3 +169,21 @@ def test_frozen_multiagent_replays_the_retrievers_user_states(rl_world, trained)
             sample["state"][:, frame].numpy(),
             algorithm.learner.network.encode_state(sample["observation"]["history"][:, frame]).numpy(),
             rtol=1e-4, atol=1e-5)
+
+
+def test_multiagent_training_overlaps_retrieval_without_changing_what_it_learns(rl_world):
+    """The trainer steps its candidate environment with `begin_step` (the next retrieval runs
+    while the step trains): the same heads and reward weights as stepping in turn."""
+    runs = []
+    for overlapped in (True, False):
+        tf.keras.utils.set_random_seed(0)
+        algorithm = build(rl_world, "multiagent")
+        calls = []
+        begin_step = algorithm.env.begin_step
+        algorithm.env.begin_step = (lambda action: calls.append(1) or begin_step(action)) if overlapped else None
+        result = algorithm.train(8)
+        assert len(calls) == (8 if overlapped else 0)
+        runs.append(([v.numpy() for v in algorithm.learner.network.variables], result.curve))
+    for a, b in zip(runs[0][0], runs[1][0]):
+        np.testing.assert_array_equal(a, b)
+    assert runs[0][1] == runs[1][1]

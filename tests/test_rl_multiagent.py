@@ -236,7 +236,7 @@ def test_xla_step_functions_compute_what_the_plain_ones_do(monkeypatch):
     for network in ("network", "target_network"):  # the same starting point (seeding is not enough)
         for a, b in zip(getattr(learners[1], network).variables, getattr(learners[0], network).variables):
             a.assign(b)
-    assert trainers[0]._act._jit_compile
+    assert trainers[0]._act.function._jit_compile
     trainers[0].learn_from(logged_feedback(5), log_every=5)  # warm-up only: fills the replay
     sample = trainers[0].sample()
     plain = tf.function(learners[1].train)(sample)
@@ -250,6 +250,26 @@ def test_xla_step_functions_compute_what_the_plain_ones_do(monkeypatch):
     np.testing.assert_array_equal(tf.function(act, jit_compile=True)(observation).numpy(),
                                   tf.function(act)(observation).numpy())
     assert trainers[0].learn_from(logged_feedback(8, seed=3)).train_steps_per_second > 0  # the XLA train step
+
+
+def test_fixed_shape_call_traces_once_per_shape_and_computes_the_same():
+    """The loop's compiled calls go to the concrete function of their arguments' shapes: one
+    trace per distinct shapes (and dtypes), the same results as calling the tf.function."""
+    from tfmarl.rl.xla import FixedShapeCall
+
+    weights = tf.Variable([[1.0], [2.0]])
+
+    def affine(x, extra):
+        return tf.matmul(x["a"], weights) + tf.cast(extra, tf.float32)
+
+    call, reference = FixedShapeCall(tf.function(affine)), tf.function(affine)
+    for rows in (3, 3, 5, 3):
+        x = {"a": tf.fill([rows, 2], float(rows))}
+        np.testing.assert_allclose(call(x, tf.constant(1)).numpy(), reference(x, tf.constant(1)).numpy())
+    weights.assign([[0.0], [1.0]])  # variables are read at call time, not frozen at tracing
+    np.testing.assert_allclose(call({"a": tf.ones([3, 2])}, tf.constant(0)).numpy(), np.ones([3, 1]))
+    assert len(call._concrete) == 2 and call(x, tf.constant(1.0)).shape == (3, 1) and len(call._concrete) == 3
+    assert FixedShapeCall(tf.function(lambda x, y=None: x if y is None else x + y))(tf.ones(2), None).shape == (2,)
 
 
 def test_transition_packer_round_trips_the_replay_layout():

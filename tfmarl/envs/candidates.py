@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Callable
 
 import numpy as np
@@ -83,6 +84,8 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
                                                         name="slate_positions")
         self._candidates = None
         self._user_state = None
+        self._pool = None  # the worker thread of begin_step's retrievals, made on first use
+        self._pending = None
 
     @property
     def last_user_state(self):
@@ -156,7 +159,58 @@ class CandidateSessionEnvironment(py_environment.PyEnvironment):
         return time_step._replace(observation=observation)
 
     def _reset(self):
+        self._settle()
         return self._with_candidates(self._env.reset())
 
     def _step(self, action):
-        return self._with_candidates(self._env.step(self.items_for(action)))
+        self._settle()
+        return self._with_candidates(self._session_step(action))
+
+    def _session_step(self, action):
+        """The wrapped session's step on the slate at ``action``'s positions (no retrieval yet)."""
+        return self._env.step(self.items_for(action))
+
+    def begin_step(self, action) -> "PendingStep":
+        """`step` in two halves, so that work on this step's feedback overlaps the retrieval of
+        the next candidates: the session steps now (``session_step``: its rewards, step types,
+        discounts and `last_info`; no candidates yet) while the retrieval runs in a worker
+        thread; ``result()`` waits for it and returns what `step` would have. Retrieval reads
+        only the new histories, so a trainer's update on this step (e.g. `MultiAgentTrainer`'s)
+        can run meanwhile on the other core: the results are the same as stepping in turn."""
+        if self.current_time_step() is None:
+            raise ValueError("begin_step before reset(): the environment has no current time step")
+        self._settle()
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfmarl-retrieval")
+        session_step = self._session_step(action)
+        self._pending = PendingStep(session_step, self._pool.submit(self._with_candidates, session_step), self)
+        return self._pending
+
+    def _settle(self) -> None:
+        """Waits for a step begun with `begin_step` (one retrieval in flight at a time)."""
+        if self._pending is not None:
+            self._pending.result()
+
+    def close(self) -> None:
+        self._settle()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+class PendingStep:
+    """A `CandidateSessionEnvironment.begin_step` in flight: ``session_step`` now, the full
+    `TimeStep` (with the next candidates) from ``result()``."""
+
+    def __init__(self, session_step, future, env):
+        self.session_step = session_step
+        self._future, self._env = future, env
+
+    def result(self):
+        env, latest = self._env, self._env._pending is self
+        if latest:
+            env._pending = None  # also when the retrieval failed: its error is raised once, here
+        time_step = self._future.result()
+        if latest:
+            env._current_time_step = time_step  # what PyEnvironment.step records
+        return time_step

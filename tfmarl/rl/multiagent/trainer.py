@@ -32,7 +32,7 @@ from tfmarl.atomic import atomic_write_text
 from tfmarl.rl.multiagent.reward import AdaptiveReward, novelty_table, slate_diversity
 from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
-from tfmarl.rl.xla import step_function
+from tfmarl.rl.xla import FixedShapeCall, step_function
 
 REWARD_STATE_FILE = "reward_weights.json"
 RNG_STATE_FILE = "exploration_rng.json"
@@ -155,7 +155,7 @@ class MultiAgentTrainer:
         def act(observation, state=None):
             return learner.act_with_state(observation, sample=True, state=state)
 
-        self._act = step_function(act, distributed=learner.distributed)
+        self._act = FixedShapeCall(step_function(act, distributed=learner.distributed))
         self._encode_state = tf.function(learner.network.encode_state)
         self._values = step_function(learner.values, distributed=learner.distributed)
         self._batch_size = int(batch_size)
@@ -164,7 +164,8 @@ class MultiAgentTrainer:
         # transitions come packed, a few arguments instead of one per field.
         train = step_function(learner.train, distributed=learner.distributed)
         self._packer = TransitionPacker(self._spec)
-        self._add_and_train = common.function(lambda *packed: self._add_then(self._packer.unpack(packed), train))
+        self._add_and_train = FixedShapeCall(
+            common.function(lambda *packed: self._add_then(self._packer.unpack(packed), train)))
         self._add_batch = common.function(self._add_to_replay)
         self._facet_owner = learner.facet_owner.numpy()
         self.weight_history = []
@@ -247,6 +248,8 @@ class MultiAgentTrainer:
         env = self.env
         steps = progress_range(int(self.global_step.numpy()), num_steps, progress, "multi-agent")
 
+        begin_step = getattr(env, "begin_step", None)
+
         def simulated_feedback():
             time_step = env.reset()
             for step_index in steps:
@@ -254,13 +257,16 @@ class MultiAgentTrainer:
                 given = env.last_user_state if self._states_from_env else None
                 if self._states_from_env and given is None:
                     raise ValueError("states_from_env: the environment's retrieval returned no user_state")
-                positions, _, state = (self._act(observation) if given is None
-                                       else self._act(observation, tf.convert_to_tensor(given, tf.float32)))
+                positions, _, state = self._act(observation,
+                                                None if given is None else tf.convert_to_tensor(given, tf.float32))
                 positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index),
                                               self._rng)
-                next_step = env.step(positions.astype(np.int32))
+                # A `CandidateSessionEnvironment` retrieves the next candidates while this step
+                # is stored and trained on (retrieval reads only the histories, not the heads).
+                pending = begin_step(positions.astype(np.int32)) if begin_step else None
+                next_step = pending.session_step if pending else env.step(positions.astype(np.int32))
                 yield time_step, positions, next_step, env.last_info, state.numpy()
-                time_step = next_step
+                time_step = pending.result() if pending else next_step
 
         return self._learn(simulated_feedback(), log_every=log_every, checkpoint_every=checkpoint_every,
                            export_every=export_every, export_fn=export_fn)
