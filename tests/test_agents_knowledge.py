@@ -115,7 +115,8 @@ def test_item_mean_entities_are_the_other_known_items_mean_id_vector():
         new_item, item_3 = tf.reduce_sum(vectors[0] ** 2), tf.reduce_sum(vectors[1] ** 2)
     from_new = tf.convert_to_tensor(tape.gradient(new_item, agent.id_embeddings)).numpy()
     assert np.abs(from_new[3]).max() > 0 and np.abs(from_new[2]).max() == 0
-    knowledge_only = agent.knowledge(tf.zeros([1, D]), relations[3:4], entities[3:4],
+    # The item's own features (its id vector here) are the attention's query.
+    knowledge_only = agent.knowledge(tf.constant(ids[3:4]), relations[3:4], entities[3:4],
                                      neighbour_vectors=tf.constant(means[1:2]))
     np.testing.assert_allclose(agent(tf.constant([3])).numpy() - ids[3], knowledge_only.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="neighbour_vectors"):

@@ -171,19 +171,21 @@ def test_frozen_multiagent_replays_the_retrievers_user_states(rl_world, trained)
             rtol=1e-4, atol=1e-5)
 
 
-def test_multiagent_training_overlaps_retrieval_without_changing_what_it_learns(rl_world):
-    """The trainer steps its candidate environment with `begin_step` (the next retrieval runs
-    while the step trains): the same heads and reward weights as stepping in turn."""
+@pytest.mark.parametrize("name", ["multiagent", "dqn"])
+def test_training_overlaps_retrieval_without_changing_what_it_learns(rl_world, name):
+    """The RL loops step their candidate environment with `begin_step` (the next retrieval runs
+    while the step trains): the same weights and learning curve as stepping in turn."""
     runs = []
     for overlapped in (True, False):
         tf.keras.utils.set_random_seed(0)
-        algorithm = build(rl_world, "multiagent")
+        algorithm = build(rl_world, name)
         calls = []
         begin_step = algorithm.env.begin_step
         algorithm.env.begin_step = (lambda action: calls.append(1) or begin_step(action)) if overlapped else None
         result = algorithm.train(8)
         assert len(calls) == (8 if overlapped else 0)
-        runs.append(([v.numpy() for v in algorithm.learner.network.variables], result.curve))
+        network = algorithm.learner.network if name == "multiagent" else algorithm.q_network
+        runs.append(([v.numpy() for v in network.variables], result.curve))
     for a, b in zip(runs[0][0], runs[1][0]):
         np.testing.assert_array_equal(a, b)
     assert runs[0][1] == runs[1][1]
