@@ -1,15 +1,18 @@
 """The one RL algorithm interface: registry, train (resumable), slate_policy, export, learn_from,
 and the export contract of every export kind (ranking, DQN, bandit, multi-agent)."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfmarl.envs.candidates import begin_step
 from tfmarl.rl import ALGORITHMS, Algorithm, make_algorithm
 
 SMALL = {"dqn": dict(hidden_units=(8,), replay_batch_size=16, warmup_steps=3),
@@ -179,9 +182,11 @@ def test_training_overlaps_retrieval_without_changing_what_it_learns(rl_world, n
     for overlapped in (True, False):
         tf.keras.utils.set_random_seed(0)
         algorithm = build(rl_world, name)
-        calls = []
-        begin_step = algorithm.env.begin_step
-        algorithm.env.begin_step = (lambda action: calls.append(1) or begin_step(action)) if overlapped else None
+        calls, env = [], algorithm.env
+        overlapping = env.begin_step
+        # Stepping in turn: `begin_step`'s fallback for an environment that has only `step`.
+        in_turn = functools.partial(begin_step, types.SimpleNamespace(step=env.step))
+        env.begin_step = (lambda action: calls.append(1) or overlapping(action)) if overlapped else in_turn
         result = algorithm.train(8)
         assert len(calls) == (8 if overlapped else 0)
         network = algorithm.learner.network if name == "multiagent" else algorithm.q_network

@@ -202,15 +202,27 @@ class PendingStep:
     """A `CandidateSessionEnvironment.begin_step` in flight: ``session_step`` now, the full
     `TimeStep` (with the next candidates) from ``result()``."""
 
-    def __init__(self, session_step, future, env):
+    def __init__(self, session_step, future, env=None):
         self.session_step = session_step
         self._future, self._env = future, env
 
     def result(self):
-        env, latest = self._env, self._env._pending is self
+        env = self._env
+        latest = env is not None and env._pending is self
         if latest:
             env._pending = None  # also when the retrieval failed: its error is raised once, here
         time_step = self._future.result()
         if latest:
             env._current_time_step = time_step  # what PyEnvironment.step records
         return time_step
+
+
+def begin_step(env, action) -> PendingStep:
+    """``env.begin_step(action)`` where ``env`` has it (a `CandidateSessionEnvironment`: the next
+    retrieval overlaps what the caller does before ``result()``), else ``env.step(action)`` as a
+    step already complete: the RL loops step any environment the same way."""
+    if hasattr(env, "begin_step"):
+        return env.begin_step(action)
+    done = concurrent.futures.Future()
+    done.set_result(env.step(action))
+    return PendingStep(done.result(), done)

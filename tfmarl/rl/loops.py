@@ -17,6 +17,7 @@ from tf_agents.trajectories import time_step as ts
 from tf_agents.trajectories import trajectory
 from tf_agents.utils import common
 
+from tfmarl.envs.candidates import begin_step
 from tfmarl.rl.bandits import behaviour_probabilities, check_exact_propensities, explore
 from tfmarl.rl.dqn import consumed_positions
 from tfmarl.rl.policies import QSlatePolicy
@@ -198,7 +199,6 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
                              "(retrieve must return a dict with user_state, as CandidateRetriever does)")
         return time_step._replace(observation=dict(time_step.observation, state=np.asarray(state, np.float32)))
 
-    begin_step = getattr(env, "begin_step", None)
     time_step = observed(env.reset())
     session_return, session_clicks, session_steps = np.zeros(batch), np.zeros(batch), np.zeros(batch)
     finished, losses, q_means, curve = [], [], [], []
@@ -208,10 +208,9 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
         q = policy.q_values(time_step.observation)
         positions = policy.positions_from_q(q)
         q_means.append(float(q.mean()))
-        # A `CandidateSessionEnvironment` retrieves the next candidates while this step is stored
-        # and trained on (retrieval reads only the histories, not the Q-network being trained).
-        pending = begin_step(positions) if begin_step else None
-        next_step = pending.session_step if pending else observed(env.step(positions))
+        # The next candidates are retrieved while this step is stored and trained on.
+        pending = begin_step(env, positions)
+        next_step = pending.session_step  # its rewards, step types and discounts
         info = env.last_info
         action = consumed_positions(positions, info)
         items = _to_tensors(trajectory.Trajectory(
@@ -231,7 +230,7 @@ def train_dqn(agent, q_network, env, num_steps: int, *, batch_size: int = 128, r
         for b in np.flatnonzero(ended):
             finished.append((session_return[b], session_clicks[b] / max(session_steps[b], 1), session_steps[b]))
         session_return[ended] = session_clicks[ended] = session_steps[ended] = 0.0
-        time_step = observed(pending.result()) if pending else next_step
+        time_step = observed(pending.result())
         global_step.assign_add(1)
         done = step_index + 1
         if done % log_every == 0 or done == num_steps:

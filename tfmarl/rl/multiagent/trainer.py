@@ -29,6 +29,7 @@ from tf_agents.specs import tensor_spec
 from tf_agents.utils import common
 
 from tfmarl.atomic import atomic_write_text
+from tfmarl.envs.candidates import begin_step
 from tfmarl.rl.multiagent.reward import AdaptiveReward, novelty_table, slate_diversity
 from tfmarl.rl.loops import progress_range
 from tfmarl.rl.policies import explore_positions
@@ -248,8 +249,6 @@ class MultiAgentTrainer:
         env = self.env
         steps = progress_range(int(self.global_step.numpy()), num_steps, progress, "multi-agent")
 
-        begin_step = getattr(env, "begin_step", None)
-
         def simulated_feedback():
             time_step = env.reset()
             for step_index in steps:
@@ -261,12 +260,10 @@ class MultiAgentTrainer:
                                                 None if given is None else tf.convert_to_tensor(given, tf.float32))
                 positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index),
                                               self._rng)
-                # A `CandidateSessionEnvironment` retrieves the next candidates while this step
-                # is stored and trained on (retrieval reads only the histories, not the heads).
-                pending = begin_step(positions.astype(np.int32)) if begin_step else None
-                next_step = pending.session_step if pending else env.step(positions.astype(np.int32))
-                yield time_step, positions, next_step, env.last_info, state.numpy()
-                time_step = pending.result() if pending else next_step
+                # The next candidates are retrieved while this step is stored and trained on.
+                pending = begin_step(env, positions.astype(np.int32))
+                yield time_step, positions, pending.session_step, env.last_info, state.numpy()
+                time_step = pending.result()
 
         return self._learn(simulated_feedback(), log_every=log_every, checkpoint_every=checkpoint_every,
                            export_every=export_every, export_fn=export_fn)
