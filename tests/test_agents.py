@@ -156,3 +156,30 @@ def test_agents_run_in_tf_function_and_under_mirrored_strategy():
     for replica_result in strategy.experimental_local_results(result):
         assert replica_result.shape == (2, 2)
     assert recommend(history).shape == (2, 2)
+
+
+def _window_reference(row, max_length):
+    return [int(i) for i in row if i >= 2][-max_length:]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_history_window_keeps_each_rows_last_known_items_in_order(jit):
+    from tfmarl.agents.blocks import history_window
+
+    rng = np.random.default_rng(3)
+    rows = [np.zeros(9, np.int64), np.array([0, 0, 5, 1, 7, 0, 9, 3, 0]),  # left padding, an OOV (1), gaps
+            np.arange(2, 11), np.array([4, 1, 1, 1, 1, 1, 1, 1, 1])]
+    rows += [rng.integers(0, 12, 9) for _ in range(12)]
+    indices = np.stack(rows).astype(np.int32)
+    fn = tf.function(history_window, jit_compile=True) if jit else history_window
+    for max_length in (1, 4, 9, 20):
+        for width in ((None,) if jit else (None, 1, 3)) + (6, 12):
+            got = fn(tf.constant(indices), max_length, width).numpy()
+            expected = [_window_reference(r, max_length) for r in rows]
+            columns = width or max(1, min(max(map(len, expected)), max_length))
+            assert got.shape == (len(rows), columns), (max_length, width)
+            for r, (out, keep) in enumerate(zip(got, expected)):
+                keep = (keep + [0] * columns)[:columns]
+                np.testing.assert_array_equal(out, keep, err_msg=f"row {r}, max_length {max_length}, width {width}")
+    empty = history_window(tf.zeros([3, 0], tf.int32), 5).numpy()
+    np.testing.assert_array_equal(empty, np.zeros((3, 1), np.int32))

@@ -546,8 +546,9 @@ def test_learner_under_mirrored_matches_one_device(mirrored):
 @pytest.mark.parametrize("rows", [1, 3, 100])
 def test_value_head_computes_what_its_direct_form_does(rows):
     """`_ValueHead.call` never builds the [B, X, 3D + 1] input: adapting the X rows (few) or
-    folding the adapter into each state's weights (many), or reading pre-adapted rows, must all
-    give `naive_call`'s values, and the same gradients."""
+    folding the adapter into each state's weights (many), or reading pre-adapted rows (per state,
+    or shared by every state as the interest head's centroids), must all give `naive_call`'s
+    values, and the same gradients."""
     from tfmarl.rl.multiagent.networks import _ValueHead
 
     d, b = 8, 4
@@ -560,16 +561,21 @@ def test_value_head_computes_what_its_direct_form_does(rows):
     items = tf.constant(rng.normal(size=(b, rows, d)), tf.float32)
     step = tf.constant(rng.uniform(size=b), tf.float32)
     base = tf.constant(rng.normal(size=(b, rows)), tf.float32)
+    shared = tf.constant(rng.normal(size=(rows, d)), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
         want = head.naive_call(state, items, step)
         got = head(state, items, step)
         unknown_rows = tf.function(lambda i: head(state, i, step),  # X unknown: the folded form
                                    input_signature=[tf.TensorSpec([None, None, d])])(items)
         pre_adapted = head(state, items, step, adapted_items=head.item_adapter(items))
+        want_shared = head.naive_call(state, tf.broadcast_to(shared, (b, rows, d)), step)
+        got_shared = head(state, None, step, adapted_items=head.item_adapter(shared))
     for values in (got, unknown_rows, pre_adapted):
         np.testing.assert_allclose(values.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
-    for a, b_ in zip(tape.gradient(got, head.trainable_weights), tape.gradient(want, head.trainable_weights)):
-        np.testing.assert_allclose(a.numpy(), b_.numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got_shared.numpy(), want_shared.numpy(), rtol=1e-4, atol=1e-4)
+    for pair in ((got, want), (got_shared, want_shared)):
+        for a, b_ in zip(*(tape.gradient(v, head.trainable_weights) for v in pair)):
+            np.testing.assert_allclose(a.numpy(), b_.numpy(), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(head(state, items, step, base=base).numpy(),
                                head.naive_call(state, items, step, base=base).numpy(), rtol=1e-4, atol=1e-4)
 

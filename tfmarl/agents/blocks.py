@@ -151,13 +151,24 @@ def causal_attention_bias(mask):
 def history_window(indices, max_length: int, width: int | None = None):
     """Each row's known items (index >= 2, i.e. not padding or OOV), in order, then its last
     ``max_length`` of them, right-padded with 0: [B, 1..max_length] (exactly ``width`` columns
-    when given). Works on any padding layout (left, right or gaps)."""
-    known = tf.ragged.boolean_mask(indices, indices >= 2)
-    window = known[:, -max_length:].to_tensor(default_value=0)
-    # At least one column: a batch of empty histories still has a (padding) position to encode.
-    pad = tf.maximum((1 if width is None else width) - tf.shape(window)[1], 0)
-    window = tf.pad(window, [[0, 0], [0, pad]])
-    return window if width is None else window[:, :width]
+    when given). Works on any padding layout (left, right or gaps).
+
+    Dense ops only (each item's place in the window from a running count, then one segment sum
+    that writes every place once), O(B x L): no ragged ops, so XLA compiles it with its caller."""
+    indices = tf.convert_to_tensor(indices)
+    known = indices >= 2
+    counts = tf.cumsum(tf.cast(known, tf.int32), axis=1)  # known items up to and including each column
+    total = tf.reduce_sum(tf.cast(known, tf.int32), axis=1, keepdims=True)
+    if width is None:  # at least one column: a batch of empty histories still has a (padding) position
+        width = tf.maximum(tf.minimum(tf.reduce_max(total), max_length), 1)
+    # An item's place: its rank among the row's known items, less those that fall before the window.
+    place = counts - 1 - tf.maximum(total - max_length, 0)
+    rows = tf.shape(indices)[0]
+    kept = known & (place >= 0) & (place < width)
+    segment = tf.where(kept, tf.range(rows)[:, None] * width + place, rows * width)  # the rest: one spare slot
+    window = tf.math.unsorted_segment_sum(tf.reshape(tf.where(kept, indices, 0), [-1]),
+                                          tf.reshape(segment, [-1]), rows * width + 1)[:-1]
+    return tf.reshape(window, [rows, width])
 
 
 def last_position(mask):

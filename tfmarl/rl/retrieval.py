@@ -57,7 +57,11 @@ class CandidateRetriever:
         items = tf.constant(self.item_vectors)
         spec = tf.TensorSpec([None, None], tf.int32)
 
-        def scored(window, history, available):
+        def scored(history, available):
+            # The window keeps min(history width, max_length) columns whatever the rows hold (right
+            # padding does not change a causal encoding), so a fixed-width batch has one shape.
+            width = tf.clip_by_value(tf.shape(history)[1], 1, self.max_length)  # a constant when XLA compiles
+            window = history_window(history, self.max_length, width=width)
             state = model.user_state(window, items, training=False)
             scores = tf.where(available[None, :], model.system_agent.score(state, items), NEG_INF)
             scores = mask_excluded(scores, history)
@@ -80,16 +84,9 @@ class CandidateRetriever:
             merged = tf.gather(merged, picked, batch_dims=1)
             return tf.gather(merged, order.indices, batch_dims=1), order.values, state
 
-        scored = step_function(scored)  # XLA: ragged ops (the window) stay outside
-
-        @tf.function(input_signature=[spec, tf.TensorSpec([self.num_items], tf.bool)])
-        def retrieve(history, available):
-            # The window keeps min(history width, max_length) columns whatever the rows hold (right
-            # padding does not change a causal encoding), so a fixed-width batch has one shape.
-            width = tf.clip_by_value(tf.shape(history)[1], 1, self.max_length)
-            return scored(history_window(history, self.max_length, width=width), history, available)
-
-        self._retrieve = retrieve
+        # One trace for every batch shape (XLA compiles each shape it meets); the window is
+        # computed inside the compiled call.
+        self._retrieve = step_function(scored, input_signature=[spec, tf.TensorSpec([self.num_items], tf.bool)])
         self._everything = np.ones(self.num_items, bool)
 
     def __call__(self, history, available=None) -> dict:

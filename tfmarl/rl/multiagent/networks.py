@@ -66,9 +66,10 @@ class _ValueHead(tf.keras.layers.Layer):
 
     def call(self, state, items, step, base=None, adapted_items=None):
         """Q [B, X]. ``adapted_items`` [B, X, D], when given, are ``items`` already multiplied by
-        the item adapter (e.g. gathered from the adapted catalog): the adapter is then skipped.
-        Otherwise the cheaper of adapting the X rows and folding the adapter into the per-state
-        weights is taken (by the static X). `stacked_call` of this head alone."""
+        the item adapter (e.g. gathered from the adapted catalog): the adapter is then skipped;
+        [X, D] are rows shared by every state (the interest head's facet centroids), ``items``
+        unused. Otherwise the cheaper of adapting the X rows and folding the adapter into the
+        per-state weights is taken (by the static X). `stacked_call` of this head alone."""
         if adapted_items is not None:
             return stacked_call([self], state, step, adapted_items=adapted_items[None], bases=[base])[0]
         return stacked_call([self], state, step, items=items[None], bases=[base])[0]
@@ -89,16 +90,18 @@ class _ValueHead(tf.keras.layers.Layer):
 def stacked_call(heads, state, step, items=None, adapted_items=None, bases=None):
     """`_ValueHead` values of k heads of one architecture at once: Q [k, B, X], head i on the same
     ``state`` [B, D] and ``step`` [B] and its own rows: ``items[i]`` [B, X, D], or
-    ``adapted_items[i]`` (rows already multiplied by its item adapter); plus ``bases[i]`` [B, X]
-    (None: <s', x'>).
+    ``adapted_items[i]`` (rows already multiplied by its item adapter; [X, D] when every state
+    has the same rows); plus ``bases[i]`` [B, X] (None: <s', x'>).
 
     The first layer never builds the [B, X, 3D + 1] input: its state and step blocks are the same
     for every row. Few rows (X <= H, known statically) are adapted and go through
     ``[s' ⊙ x', x'] [K1; K2]``, one plain product; many go through ``x' (diag(s') K1 + K2)``, one
     D x H product per row, with the adapter folded into those per-state weights when the rows
-    are not adapted yet. With few rows every layer is one batched product over the heads instead
-    of k small ones (at a train step's shapes each product's fixed cost outweighs its
-    arithmetic); many rows go head by head, which XLA's CPU code runs faster.
+    are not adapted yet. Rows shared by every state go through ``s' (diag(x') K1) + x' K2``: one
+    [B, D] x [D, X H] product, half the arithmetic of the few-rows form and a shape the CPU runs
+    faster. With few rows every layer is one batched product over the heads instead of k small
+    ones (at a train step's shapes each product's fixed cost outweighs its arithmetic); many rows
+    go head by head, which XLA's CPU code runs faster.
     """
     k = len(heads)
     first = [(h.hidden or [h.out])[0] for h in heads]
@@ -118,7 +121,12 @@ def stacked_call(heads, state, step, items=None, adapted_items=None, bases=None)
               + tf.cast(step, s.dtype)[None, :, None] * kernel[:, None, 3 * d]
               + tf.stack([layer.bias for layer in first])[:, None, :])  # [k, B, H]
     x = adapted_items
-    if few:  # adapting the rows costs X D^2 per state, folding the adapter into the weights D^2 H
+    shared_rows = x is not None and x.shape.rank == 3  # [k, X, D]: the same rows for every state
+    if shared_rows:
+        per_row = x[..., None] * kernel[:, None, :d]  # diag(x') K1 [k, X, D, H]
+        pre = (tf.einsum("kbd,kxdh->kbxh", s, per_row)
+               + tf.einsum("kxd,kdh->kxh", x, kernel[:, d:2 * d])[:, None])
+    elif few:  # adapting the rows costs X D^2 per state, folding the adapter into the weights D^2 H
         if x is None:
             x = tf.einsum("kbxd,kde->kbxe", items, adapters)
         pre = tf.einsum("kbxd,kdh->kbxh", tf.concat([s[:, :, None] * x, x], -1), kernel[:, :2 * d])
@@ -136,7 +144,9 @@ def stacked_call(heads, state, step, items=None, adapted_items=None, bases=None)
     if all(base is not None for base in bases):
         affinity = tf.stack(bases)
     else:
-        if x is not None:  # <s', x'>
+        if shared_rows:
+            affinity = tf.einsum("kxd,kbd->kbx", x, s)
+        elif x is not None:  # <s', x'>
             affinity = tf.reduce_sum(x * s[:, :, None], -1)
         else:  # <s', x A> = x · (s' A^T)
             affinity = tf.einsum("kbxd,kbd->kbx", items, tf.einsum("kbe,kde->kbd", s, adapters))
@@ -275,9 +285,8 @@ class MultiAgentNetwork(network.Network):
         `heads`); the interest head's rows are the facet centroids (``items`` is ignored)."""
         step = tf.cast(step, tf.float32) / self._max_steps
         head = self.head(name)
-        if name == "interest":
-            rows = lambda x: tf.broadcast_to(x[None], tf.concat([tf.shape(state)[:1], tf.shape(x)], 0))  # noqa: E731
-            return head(state, rows(self._centroids), step, adapted_items=rows(head.item_adapter(self._centroids)))
+        if name == "interest":  # every state's rows are the F centroids
+            return head(state, None, step, adapted_items=head.item_adapter(self._centroids))
         adapted = None
         if candidates is not None and self.content_agent.num_items <= CATALOG_PASS_MAX_ITEMS:
             catalog = self.content_agent.catalog(training=False)

@@ -161,12 +161,12 @@ class MultiAgentTrainer:
         self._values = step_function(learner.values, distributed=learner.distributed)
         self._batch_size = int(batch_size)
         # One call per environment step stores its transitions, samples and takes the joint step
-        # (XLA-compiled inside; sampling has no XLA kernels): no host round trip in between. The
-        # transitions come packed, a few arguments instead of one per field.
-        train = step_function(learner.train, distributed=learner.distributed)
+        # (its gradient step XLA-compiled inside; sampling has no XLA kernels): no host round trip
+        # in between. The transitions come packed, a few arguments instead of one per field.
+        gradient_step = step_function(learner.gradient_step, distributed=learner.distributed)
         self._packer = TransitionPacker(self._spec)
         self._add_and_train = FixedShapeCall(
-            common.function(lambda *packed: self._add_then(self._packer.unpack(packed), train)))
+            common.function(lambda *packed: self._add_then(self._packer.unpack(packed), gradient_step)))
         self._add_batch = common.function(self._add_to_replay)
         self._facet_owner = learner.facet_owner.numpy()
         self.weight_history = []
@@ -231,9 +231,11 @@ class MultiAgentTrainer:
     def _add_to_replay(self, transitions) -> None:
         self.replay.add_batch(transitions)  # its graph-mode result is an op, which tf.function cannot return
 
-    def _add_then(self, transitions, train) -> dict:
+    def _add_then(self, transitions, gradient_step) -> dict:
         self._add_to_replay(transitions)  # automatic control dependencies: sampled after the add
-        return train(self.sample())
+        losses = gradient_step(self.sample())
+        self.learner.sync_target()  # outside the compiled step (`MultiAgentLearner.sync_target`)
+        return losses
 
     def add_transitions(self, transitions: dict) -> None:
         """Ingests joint transitions (this trainer's replay layout, leading dimension = env batch),
