@@ -34,10 +34,11 @@ def slate_diversity(slate_vectors) -> np.ndarray:
     k = v.shape[1]
     if k < 2:
         return np.zeros(len(v))
-    unit = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    gram = np.matmul(unit, unit.transpose(0, 2, 1))
-    mean_similarity = (gram.sum(axis=(1, 2)) - np.trace(gram, axis1=1, axis2=2)) / (k * (k - 1))
-    return 1.0 - mean_similarity
+    unit = v / np.maximum(np.sqrt(np.einsum("bkd,bkd->bk", v, v))[..., None], 1e-12)
+    # The sum over ordered pairs i != j of <u_i, u_j> is |sum_i u_i|^2 - sum_i |u_i|^2: no K x K Gram matrix.
+    total = unit.sum(axis=1)
+    pairs = np.einsum("bd,bd->b", total, total) - np.einsum("bkd,bkd->b", unit, unit)
+    return 1.0 - pairs / (k * (k - 1))
 
 
 def run_episodes(env: SessionEnvironment, policy_fn: Callable[[dict], np.ndarray], num_episodes: int, *,

@@ -93,13 +93,19 @@ def explore_positions(greedy: np.ndarray, num_candidates: int, epsilon: float, r
     swap = rng.random((b, k)) < epsilon
     if not swap.any():
         return greedy
-    rows = np.arange(b)[:, None]
-    taken = np.zeros((b, num_candidates), bool)
-    taken[np.broadcast_to(rows, greedy.shape)[~swap], greedy[~swap]] = True
-    shuffled = np.argsort(rng.random((b, num_candidates)), axis=1)
+    # Every row's shuffle is drawn (the same random stream whichever rows explore); only the rows
+    # that explore are sorted.
+    noise = rng.random((b, num_candidates))
+    explored = np.flatnonzero(swap.any(axis=1))
+    slates, swap = greedy[explored], swap[explored]
+    rows = np.arange(len(explored))[:, None]
+    taken = np.zeros((len(explored), num_candidates), bool)
+    taken[np.broadcast_to(rows, slates.shape)[~swap], slates[~swap]] = True
+    shuffled = np.argsort(noise[explored], axis=1)
     free_first = np.take_along_axis(shuffled, np.argsort(taken[rows, shuffled], axis=1, kind="stable"), axis=1)
-    fill = free_first[rows, np.cumsum(swap, axis=1) - 1]
-    return np.where(swap, fill, greedy)
+    out = np.array(greedy, np.int64)
+    out[explored] = np.where(swap, free_first[rows, np.cumsum(swap, axis=1) - 1], slates)
+    return out
 
 
 class GreedySlatePolicy(SlatePolicy):

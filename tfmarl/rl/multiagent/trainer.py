@@ -153,8 +153,12 @@ class MultiAgentTrainer:
                              "drift away from the retriever's")
         self._states_from_env = bool(states_from_env)
 
-        def act(observation, state=None):
-            return learner.act_with_state(observation, sample=True, state=state)
+        # Acting takes the observation packed as well (its fields are all int32: one argument).
+        self._observation_packer = TransitionPacker(observation_spec)
+
+        def act(*packed_and_state):
+            *packed, state = packed_and_state
+            return learner.act_with_state(self._observation_packer.unpack(packed), sample=True, state=state)
 
         self._act = FixedShapeCall(step_function(act, distributed=learner.distributed))
         self._encode_state = tf.function(learner.network.encode_state)
@@ -167,6 +171,7 @@ class MultiAgentTrainer:
         self._packer = TransitionPacker(self._spec)
         self._add_and_train = FixedShapeCall(
             common.function(lambda *packed: self._add_then(self._packer.unpack(packed), gradient_step)))
+        self._loss_names = [*learner.heads, "entropy"]  # the order of _add_then's losses
         self._add_batch = common.function(self._add_to_replay)
         self._facet_owner = learner.facet_owner.numpy()
         self.weight_history = []
@@ -186,10 +191,11 @@ class MultiAgentTrainer:
         facets = np.asarray(time_step.observation["candidate_facets"])
         slot = np.asarray(info["chosen_slot"])
         clicked = slot >= 0
-        consumed = positions[rows, np.maximum(slot, 0)]
-        owner_slots = self._facet_owner[np.take_along_axis(facets, positions, axis=1)]  # [B, K]
-        consumed_owner = owner_slots[rows, np.maximum(slot, 0)]
-        items = np.take_along_axis(candidates, positions, axis=1)
+        chosen = np.maximum(slot, 0)
+        consumed = positions[rows, chosen]
+        owner_slots = self._facet_owner[facets[rows[:, None], positions]]  # [B, K]
+        consumed_owner = owner_slots[rows, chosen]
+        items = candidates[rows[:, None], positions]
         signals = {"click": info["click"], "satisfaction": info["satisfaction"], "conversion": info["conversion"],
                    "diversity": slate_diversity(self._vectors[items]),
                    "novelty": self._novelty[items].mean(axis=1)}
@@ -235,7 +241,7 @@ class MultiAgentTrainer:
         self._add_to_replay(transitions)  # automatic control dependencies: sampled after the add
         losses = gradient_step(self.sample())
         self.learner.sync_target()  # outside the compiled step (`MultiAgentLearner.sync_target`)
-        return losses
+        return tf.stack([losses[name] for name in self._loss_names])  # one host copy, not one per loss
 
     def add_transitions(self, transitions: dict) -> None:
         """Ingests joint transitions (this trainer's replay layout, leading dimension = env batch),
@@ -254,17 +260,18 @@ class MultiAgentTrainer:
         def simulated_feedback():
             time_step = env.reset()
             for step_index in steps:
-                observation = {k: tf.convert_to_tensor(v) for k, v in time_step.observation.items()}
+                observation = map(tf.convert_to_tensor, self._observation_packer.pack(time_step.observation))
                 given = env.last_user_state if self._states_from_env else None
                 if self._states_from_env and given is None:
                     raise ValueError("states_from_env: the environment's retrieval returned no user_state")
-                positions, _, state = self._act(observation,
+                positions, _, state = self._act(*observation,
                                                 None if given is None else tf.convert_to_tensor(given, tf.float32))
                 positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index),
                                               self._rng)
                 # The next candidates are retrieved while this step is stored and trained on.
                 pending = begin_step(env, positions.astype(np.int32))
-                yield time_step, positions, pending.session_step, env.last_info, state.numpy()
+                yield (time_step, positions, pending.session_step, env.last_info,
+                       state.numpy() if given is None else given)
                 time_step = pending.result()
 
         return self._learn(simulated_feedback(), log_every=log_every, checkpoint_every=checkpoint_every,
@@ -293,40 +300,47 @@ class MultiAgentTrainer:
         finished, window, curve, exports = [], {}, [], []
         began, train_steps, saved = time.perf_counter(), 0, start
         observation = None  # the latest step's, for the histograms of each log point
-        for time_step, positions, next_step, signals_in, state in feedback:
-            positions = np.asarray(positions)
-            transition, signals, total = self._joint_transition(time_step, positions, next_step, signals_in, state)
-            losses = {}
-            if done + 1 - start > self._warmup:  # this step trains
-                losses = self._add_and_train(*map(tf.convert_to_tensor, self._packer.pack(transition)))
-                train_steps += 1
-            else:
-                self.add_transitions(transition)
-            observation = time_step.observation
-            active = ~np.asarray(time_step.is_last())
-            stats["return"] += np.where(active, signals["click"], 0.0)
-            stats["clicks"] += np.where(active, signals["click"], 0.0)
-            stats["steps"] += active
-            for key in ("diversity", "satisfaction", "novelty"):
-                window.setdefault(key, []).append(float(np.mean(np.asarray(signals[key])[active])) if active.any() else 0.0)
-            window.setdefault("shaped_reward", []).append(float(total[active].mean()) if active.any() else 0.0)
-            ended = active & np.asarray(next_step.is_last())
-            for i in np.flatnonzero(ended):
-                finished.append((stats["return"][i], stats["clicks"][i] / max(stats["steps"][i], 1), stats["steps"][i]))
-            for values in stats.values():
-                values[ended] = 0.0
-            self.global_step.assign_add(1)
-            done += 1
-            for name, value in losses.items():
-                window.setdefault(f"loss/{name}" if name != "entropy" else "facet_entropy", []).append(float(value))
-            if done % log_every == 0:
-                curve.append(self._log_point(done, window, finished, observation))
-                finished, window = [], {}
-            if self._checkpointer is not None and done % checkpoint_every == 0:
-                self.save()
-                saved = done
-            if export_every and export_fn is not None and done % export_every == 0:
-                exports.append(str(export_fn(done)))
+        try:
+            for time_step, positions, next_step, signals_in, state in feedback:
+                positions = np.asarray(positions)
+                transition, signals, total = self._joint_transition(time_step, positions, next_step, signals_in, state)
+                losses = {}
+                if done + 1 - start > self._warmup:  # this step trains
+                    values = self._add_and_train(*map(tf.convert_to_tensor, self._packer.pack(transition))).numpy()
+                    losses = dict(zip(self._loss_names, values))
+                    train_steps += 1
+                else:
+                    self.add_transitions(transition)
+                observation = time_step.observation
+                active = ~np.asarray(time_step.is_last())
+                stats["return"] += np.where(active, signals["click"], 0.0)
+                stats["clicks"] += np.where(active, signals["click"], 0.0)
+                stats["steps"] += active
+                any_active = active.any()
+                for key, values in (("diversity", signals["diversity"]), ("satisfaction", signals["satisfaction"]),
+                                    ("novelty", signals["novelty"]), ("shaped_reward", total)):
+                    window.setdefault(key, []).append(float(np.asarray(values)[active].mean()) if any_active else 0.0)
+                ended = active & np.asarray(next_step.is_last())
+                for i in np.flatnonzero(ended):
+                    finished.append((stats["return"][i], stats["clicks"][i] / max(stats["steps"][i], 1),
+                                     stats["steps"][i]))
+                for values in stats.values():
+                    values[ended] = 0.0
+                done += 1
+                for name, value in losses.items():
+                    window.setdefault(f"loss/{name}" if name != "entropy" else "facet_entropy", []).append(float(value))
+                if done % log_every == 0:
+                    curve.append(self._log_point(done, window, finished, observation))
+                    finished, window = [], {}
+                if self._checkpointer is not None and done % checkpoint_every == 0:
+                    self.global_step.assign(done)
+                    self.save()
+                    saved = done
+                if export_every and export_fn is not None and done % export_every == 0:
+                    self.global_step.assign(done)
+                    exports.append(str(export_fn(done)))
+        finally:  # the step counter is kept in Python while stepping (an eager op a step costs ~0.5 ms)
+            self.global_step.assign(done)
         if done > start and done % log_every:  # the last, partial interval
             curve.append(self._log_point(done, window, finished, observation))
         if self._checkpointer is not None and done > saved:
