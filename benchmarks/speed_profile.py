@@ -31,7 +31,7 @@ import time
 
 DUMP_ENV = "TFMARL_PROFILE_XLA_DUMP"
 # The compiled calls of a multi-agent step, by the Python function XLA's module is named after.
-CALLS = {"scored": "retrieval", "act": "act", "train": "add_and_train"}
+CALLS = {"scored": "retrieval", "act": "act", "gradient_step": "add_and_train"}
 
 _DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
 _DOT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s+dot\(%([\w.\-]+),\s*%([\w.\-]+)\)(.*)$")

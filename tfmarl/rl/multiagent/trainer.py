@@ -45,13 +45,18 @@ class TransitionPacker:
 
     A tf.function call binds and converts every argument on the host, ~0.1 ms each: at the ~20
     fields of a joint transition that outweighs a train step's arithmetic, so the trainer passes
-    two or three packed arrays and unpacks them inside the compiled call.
+    two or three packed arrays and unpacks them inside the compiled call. Its replay buffer stores
+    the packed arrays too (``packed_spec``): adding and sampling touch two or three tables, not ~20.
     """
 
     def __init__(self, spec):
         self._spec = spec
         self._leaves = tf.nest.flatten(spec)
         self._dtypes = sorted({leaf.dtype for leaf in self._leaves}, key=lambda dtype: dtype.name)
+        widths = {dtype: sum(leaf.shape.num_elements() for leaf in self._leaves if leaf.dtype == dtype)
+                  for dtype in self._dtypes}
+        self.packed_spec = tuple(tf.TensorSpec([widths[dtype]], dtype, name=f"packed_{dtype.name}")
+                                 for dtype in self._dtypes)
 
     def pack(self, transition) -> tuple:
         """Numpy arrays [B, width], one per dtype, of ``transition`` (``spec``'s structure)."""
@@ -64,15 +69,18 @@ class TransitionPacker:
         return tuple(np.concatenate(groups[dtype], axis=1) for dtype in self._dtypes)
 
     def unpack(self, packed):
-        """The tensors of `pack`'s arrays, in ``spec``'s structure."""
+        """The tensors of `pack`'s arrays ([..., width], e.g. a replay sample's [batch, 2, width]),
+        in ``spec``'s structure (each field [..., *its shape])."""
         columns = dict(zip(self._dtypes, packed))
         offsets = dict.fromkeys(self._dtypes, 0)
+        lead = tf.shape(packed[0])[:-1]
         out = []
         for leaf in self._leaves:
             width = leaf.shape.num_elements()
             start = offsets[leaf.dtype]
             offsets[leaf.dtype] += width
-            out.append(tf.reshape(columns[leaf.dtype][:, start:start + width], [-1, *leaf.shape]))
+            out.append(tf.reshape(columns[leaf.dtype][..., start:start + width],
+                                  tf.concat([lead, tf.constant(leaf.shape.as_list(), tf.int32)], 0)))
         return tf.nest.pack_sequence_as(self._spec, out)
 
 
@@ -128,7 +136,8 @@ class MultiAgentTrainer:
                       "weights": {n: scalar(tf.float32) for n in names}}
         if learner.stores_states:
             self._spec["state"] = tf.TensorSpec((learner.state_dim,), tf.float32)
-        self.replay = tf_uniform_replay_buffer.TFUniformReplayBuffer(self._spec, batch_size=b,
+        self._packer = TransitionPacker(self._spec)
+        self.replay = tf_uniform_replay_buffer.TFUniformReplayBuffer(self._packer.packed_spec, batch_size=b,
                                                                      max_length=max(replay_capacity // b, 2))
         self.global_step = tf.Variable(0, dtype=tf.int64, name="marl_env_step")
         self._checkpoint_dir = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -166,13 +175,15 @@ class MultiAgentTrainer:
         self._batch_size = int(batch_size)
         # One call per environment step stores its transitions, samples and takes the joint step
         # (its gradient step XLA-compiled inside; sampling has no XLA kernels): no host round trip
-        # in between. The transitions come packed, a few arguments instead of one per field.
-        gradient_step = step_function(learner.gradient_step, distributed=learner.distributed)
-        self._packer = TransitionPacker(self._spec)
-        self._add_and_train = FixedShapeCall(
-            common.function(lambda *packed: self._add_then(self._packer.unpack(packed), gradient_step)))
+        # in between. The transitions come packed, a few arguments instead of one per field, and
+        # stay packed in the replay until the compiled step unpacks its sample.
+        def gradient_step(*packed_sample):  # the XLA module's name, which the profile reads
+            return learner.gradient_step(self._packer.unpack(packed_sample))
+
+        gradient_step = step_function(gradient_step, distributed=learner.distributed)
+        self._add_and_train = FixedShapeCall(common.function(lambda *packed: self._add_then(packed, gradient_step)))
         self._loss_names = [*learner.heads, "entropy"]  # the order of _add_then's losses
-        self._add_batch = common.function(self._add_to_replay)
+        self._add_batch = common.function(lambda *packed: self._add_to_replay(packed))
         self._facet_owner = learner.facet_owner.numpy()
         self.weight_history = []
 
@@ -232,21 +243,24 @@ class MultiAgentTrainer:
     def sample(self) -> dict:
         """A uniform replay sample in the learner's layout: every field [batch_size, 2] (the
         transition's step and the next)."""
-        return self.replay.get_next(sample_batch_size=self._batch_size, num_steps=2)[0]
+        return self._packer.unpack(self._sample_packed())
 
-    def _add_to_replay(self, transitions) -> None:
-        self.replay.add_batch(transitions)  # its graph-mode result is an op, which tf.function cannot return
+    def _sample_packed(self) -> tuple:
+        return tuple(self.replay.get_next(sample_batch_size=self._batch_size, num_steps=2)[0])
 
-    def _add_then(self, transitions, gradient_step) -> dict:
-        self._add_to_replay(transitions)  # automatic control dependencies: sampled after the add
-        losses = gradient_step(self.sample())
+    def _add_to_replay(self, packed) -> None:
+        self.replay.add_batch(tuple(packed))  # its graph-mode result is an op, which tf.function cannot return
+
+    def _add_then(self, packed, gradient_step) -> dict:
+        self._add_to_replay(packed)  # automatic control dependencies: sampled after the add
+        losses = gradient_step(*self._sample_packed())  # unpacked inside the compiled step
         self.learner.sync_target()  # outside the compiled step (`MultiAgentLearner.sync_target`)
         return tf.stack([losses[name] for name in self._loss_names])  # one host copy, not one per loss
 
     def add_transitions(self, transitions: dict) -> None:
         """Ingests joint transitions (this trainer's replay layout, leading dimension = env batch),
         e.g. logged feedback streamed from elsewhere."""
-        self._add_batch(tf.nest.map_structure(tf.convert_to_tensor, transitions))
+        self._add_batch(*map(tf.convert_to_tensor, self._packer.pack(transitions)))
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, num_steps: int, *, log_every: int = 50, checkpoint_every: int = 500, export_every: int | None = None,
