@@ -106,7 +106,7 @@ def main(argv=None):
     parser.add_argument("--novelty-floor", type=float, default=0.5)
     parser.add_argument("--new-item-candidates", type=int, default=10,
                         help="candidate places the multi-agent policies reserve for new items")
-    parser.add_argument("--new-item-slots", type=int, default=1, help="slate slots of marl_new_slots' new items")
+    parser.add_argument("--new-item-slots", type=int, default=2, help="slate slots of marl_new_slots' new items")
     parser.add_argument("--policies", default="marl,marl_novelty,marl_new_slots",
                         help="the multi-agent variants to train (greedy is always measured)")
     args = parser.parse_args(argv)
