@@ -315,7 +315,7 @@ def main() -> int:
             # host's speed drifts 15-30% between minutes, more than some of the gaps measured.
             rounds = args.repeats if part in RL_PARTS else 1
             runs = [(measure_tree(base, part, args), measure_tree(REPO, part, args)) for _ in range(rounds)]
-            old, new = (median_run([r[i] for r in runs]) for i in (0, 1))
+            old, new = (median_run([r[i] for r in runs]) for i in (0, 1)) if part in RL_PARTS else runs[0]
             if rounds > 1:
                 old, new = dict(old, runs=[r[0] for r in runs]), dict(new, runs=[r[1] for r in runs])
             # Parts of one file may come from runs on different hosts: each records its own.

@@ -59,6 +59,7 @@ def test_import_after_keras3_binding_raises_clear_error(fresh_python):
     assert "ImportError" in out.stderr and "TF_USE_LEGACY_KERAS=1" in out.stderr
 
 
+@pytest.mark.slow
 def test_import_after_tensorflow_without_the_variable_raises(fresh_python):
     out = fresh_python("tensorflow_first")
     assert out.returncode != 0 and "import tfmarl before TensorFlow" in out.stderr

@@ -618,6 +618,7 @@ def test_train_bandit_resumes_from_a_checkpoint(tmp_path, monkeypatch):
 # --- TensorBoard and off-policy logs ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_xla_dqn_scores_as_the_plain_one_and_trains(rl_world, monkeypatch):
     """TFMARL_XLA (off elsewhere in the suite): the Q-slate policy's values compiled with XLA equal
     the plain ones, and `train_dqn` runs its agent's step with XLA."""

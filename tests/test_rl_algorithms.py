@@ -174,6 +174,7 @@ def test_frozen_multiagent_replays_the_retrievers_user_states(rl_world, trained)
             rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["multiagent", "dqn"])
 def test_training_overlaps_retrieval_without_changing_what_it_learns(rl_world, name):
     """The RL loops step their candidate environment with `begin_step` (the next retrieval runs

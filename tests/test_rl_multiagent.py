@@ -207,6 +207,7 @@ def test_heads_learn_from_a_stream_of_logged_feedback(tmp_path):
         resumed.learn_from([(bad[0], bad[1][:3], bad[2], bad[3])])
 
 
+@pytest.mark.slow
 def test_histograms_are_computed_only_for_a_log_dir(tmp_path):
     """With a log_dir every log point writes the heads' value histograms beside the scalars;
     without one the extra pass over the network that they need is never run."""
@@ -226,6 +227,7 @@ def test_histograms_are_computed_only_for_a_log_dir(tmp_path):
     assert [p["step"] for p in silent.learn_from(logged_feedback(12), log_every=6).curve] == [6, 12]
 
 
+@pytest.mark.slow
 def test_xla_step_functions_compute_what_the_plain_ones_do(monkeypatch):
     """The XLA-compiled train step and acting (TFMARL_XLA, off elsewhere in the suite) take the
     same step and choose the same slates as plain tf.functions, and the trainer uses them."""

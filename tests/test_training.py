@@ -25,6 +25,7 @@ def test_trained_model_learns_the_cycle(trained_cycle_model, cycle_split):
     assert metrics["ndcg@10"] > 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,interaction", [("full", "dot"), ("in_batch", "dot"), ("sampled", "dot"),
                                               ("sampled", "mlp"), ("full", "dcn")])
 def test_every_loss_reduces_the_loss(cycle_split, loss, interaction):
