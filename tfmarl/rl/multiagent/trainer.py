@@ -41,7 +41,8 @@ FEEDBACK = ("click", "satisfaction", "conversion", "chosen_slot")  # per-step si
 
 
 class TransitionPacker:
-    """A replay layout's fields (``spec``) as one [B, width] array per dtype, and back.
+    """The fields of a nest of specs (``spec``: a replay layout, an observation) as one [B, width]
+    array per dtype, and back.
 
     A tf.function call binds and converts every argument on the host, ~0.1 ms each: at the ~20
     fields of a joint transition that outweighs a train step's arithmetic, so the trainer passes
@@ -274,12 +275,12 @@ class MultiAgentTrainer:
         def simulated_feedback():
             time_step = env.reset()
             for step_index in steps:
-                observation = map(tf.convert_to_tensor, self._observation_packer.pack(time_step.observation))
+                packed_observation = map(tf.convert_to_tensor, self._observation_packer.pack(time_step.observation))
                 given = env.last_user_state if self._states_from_env else None
                 if self._states_from_env and given is None:
                     raise ValueError("states_from_env: the environment's retrieval returned no user_state")
-                positions, _, state = self._act(*observation,
-                                                None if given is None else tf.convert_to_tensor(given, tf.float32))
+                positions, _, state = self._act(
+                    *packed_observation, None if given is None else tf.convert_to_tensor(given, tf.float32))
                 positions = explore_positions(positions.numpy(), env.num_candidates, self._epsilon(step_index),
                                               self._rng)
                 # The next candidates are retrieved while this step is stored and trained on.
@@ -320,8 +321,8 @@ class MultiAgentTrainer:
                 transition, signals, total = self._joint_transition(time_step, positions, next_step, signals_in, state)
                 losses = {}
                 if done + 1 - start > self._warmup:  # this step trains
-                    values = self._add_and_train(*map(tf.convert_to_tensor, self._packer.pack(transition))).numpy()
-                    losses = dict(zip(self._loss_names, values))
+                    packed = map(tf.convert_to_tensor, self._packer.pack(transition))
+                    losses = dict(zip(self._loss_names, self._add_and_train(*packed).numpy()))
                     train_steps += 1
                 else:
                     self.add_transitions(transition)
